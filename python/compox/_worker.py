@@ -1,0 +1,238 @@
+"""What the Rust worker process calls for each job (``docs/worker-protocol.md`` §1).
+
+:func:`run_job` takes one execution from PENDING to a terminal state:
+
+1. Apply the job's process settings (runner cache size, module cache dir, device probes).
+2. Open the ``TaskSession`` of the record's token and build the ``TaskHandler``, which
+   writes ``STARTED`` and the ``session_token``; make it the current handler.
+3. Capture ``sys.stdout``/``sys.stderr`` so that algorithm ``print`` output becomes INFO
+   lines of the task log.
+4. Log ``Fetching algorithm...``, fetch the runner (module zip, cache, device), log how long
+   that took, and run it on the record's inputs and ``additional_parameters``.
+5. Whatever happens, end with a terminal record (the handler wrote FAILED/STOPPED already;
+   a safety net covers anything that escaped it), restore the streams, drop the process
+   fallbacks for threads, and collect garbage (and the CUDA cache if torch is loaded).
+
+The job runs inside a fresh ``contextvars.Context`` so no ContextVar value leaks into the
+next job. ``run_job`` never raises: even ``SystemExit`` or ``KeyboardInterrupt`` raised by an
+algorithm only fail its execution.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import gc
+import io
+import sys
+import threading
+from datetime import datetime
+from typing import Any, Dict, List, Optional, TextIO
+
+from compox._process_log import process_log
+from compox._time import log_timestamp, record_timestamp
+from compox.algorithm_utils import runner_context
+from compox.exceptions import CompoxTaskError, TaskStoppedException, error_failure_payload
+from compox.tasks import _runtime, context_handler
+from compox.tasks.TaskHandler import TaskHandler
+from compox.tasks.TaskSession import TaskSession
+
+TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "STOPPED"})
+
+
+def run_job(job: Dict[str, Any], bridge: Any) -> None:
+    """Run one job to its terminal state; see the module docs for the steps."""
+    context = contextvars.Context()
+    try:
+        context.run(_run_job, job, bridge)
+    except BaseException as error:  # The last guard: run_job must not raise into Rust.
+        _log_process_error("run_job failed outside the execution", error)
+    finally:
+        context_handler.clear_process_fallback()
+        runner_context.clear_process_fallback()
+        _release_memory()
+
+
+def _run_job(job: Dict[str, Any], bridge: Any) -> None:
+    record = job.get("record") or {}
+    if job.get("kind", "execution") != "execution":
+        _write_bare_failure(bridge, f"Unsupported job kind: {job.get('kind')!r}.")
+        return
+    if "execution_id" not in record or "algorithm_id" not in record:
+        _write_bare_failure(bridge, "The job record lacks execution_id or algorithm_id.")
+        return
+
+    TaskHandler._ALGORITHM_CACHE_MAXSIZE = max(1, int(job.get("cache_maxsize") or 1))
+    _runtime.configure(
+        module_cache_dir=job.get("module_cache_dir") or _runtime.runtime_environment.cache_dir(),
+        gpu_available=bool(job.get("gpu_available", False)),
+        mps_available=bool(job.get("mps_available", False)),
+    )
+
+    with TaskSession(session_token=record.get("session_token")) as session:
+        try:
+            handler = TaskHandler(
+                record["execution_id"], bridge, database_update=True, task_session=session
+            )
+        except TaskStoppedException:
+            process_log.info("Execution was interrupted by stop request.")
+            return
+        except BaseException as error:
+            # The constructor has already recorded its own failure.
+            _note_failure(record, error)
+            return
+
+        handler.set_as_current_handler()
+        try:
+            with _CapturedOutput(handler):
+                _execute(handler, record, job.get("algorithm_record"))
+        except TaskStoppedException:
+            process_log.info("Execution was interrupted by stop request.")
+        except BaseException as error:
+            # Usually recorded already (mark_as_failed is idempotent); this covers the rest.
+            handler.mark_as_failed(error)
+            _note_failure(record, error)
+
+        if handler.status not in TERMINAL_STATUSES:
+            handler.mark_as_failed(
+                CompoxTaskError(
+                    "The execution ended without reaching a terminal state.",
+                    code="task_not_terminated",
+                )
+            )
+
+
+def _execute(handler: TaskHandler, record: Dict[str, Any], algorithm_record: Any) -> None:
+    handler.logger.info("Fetching algorithm...")
+    started = datetime.now()
+    runner = handler.fetch_algorithm(
+        record["algorithm_id"],
+        execution_device_override=record.get("execution_device_override"),
+        checkpoint_id=record.get("checkpoint_id"),
+        algorithm_minor_version=record.get("algorithm_minor_version"),
+        algorithm_record=algorithm_record,
+    )
+    handler.logger.info(
+        f"Algorithm fetched in {(datetime.now() - started).total_seconds()} seconds."
+    )
+    runner.run(
+        {"input_dataset_ids": record.get("input_dataset_ids") or []},
+        args=record.get("additional_parameters"),
+    )
+
+
+def _note_failure(record: Dict[str, Any], error: BaseException) -> None:
+    _log_process_error(f"Execution {record.get('execution_id')} failed", error)
+
+
+def _write_bare_failure(bridge: Any, error: Any) -> None:
+    """A FAILED record for failures that happened before a handler existed."""
+    payload = error_failure_payload(error)
+    fields = {
+        "status": "FAILED",
+        "progress": 1.0,
+        "time_completed": record_timestamp(),
+        "output_dataset_ids": [],
+        "log": f"{log_timestamp()} ERROR Task failed: {payload['message']}\n",
+        "error": payload,
+    }
+    try:
+        bridge.update_record(fields)
+    except Exception as write_error:
+        _log_process_error("Could not record the failure", write_error)
+
+
+def _log_process_error(message: str, error: BaseException) -> None:
+    process_log.error("%s: %s: %s", message, type(error).__name__, error)
+
+
+def _release_memory() -> None:
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    try:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+            torch.cuda.ipc_collect()
+    except Exception as error:
+        _log_process_error("Could not release CUDA memory", error)
+
+
+class _LineWriter(io.TextIOBase):
+    """A text stream that turns each completed line into an INFO line of the task log.
+
+    FIXME(no ``.buffer``: code writing bytes to ``sys.stdout.buffer`` gets AttributeError;
+    add a binary wrapper that decodes UTF-8 if an algorithm in the wild needs it).
+    """
+
+    def __init__(self, handler: TaskHandler, fallback: TextIO) -> None:
+        super().__init__()
+        self._handler = handler
+        self._fallback = fallback
+        self._buffer = ""
+        self._lock = threading.Lock()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        with self._lock:
+            self._buffer += text
+            *lines, self._buffer = self._buffer.split("\n")
+        for line in lines:
+            self._emit(line)
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            rest, self._buffer = self._buffer, ""
+        if rest:
+            self._emit(rest)
+
+    def _emit(self, line: str) -> None:
+        # Progress bars redraw with '\r'; only the last state of the line is worth keeping.
+        line = line.rstrip("\r").rsplit("\r", 1)[-1]
+        if not line.strip():
+            return
+        if self._handler._task_log.is_open:
+            self._handler.logger.info(line)
+        else:
+            # After the task log closed, keep the output visible in the process log.
+            try:
+                self._fallback.write(line + "\n")
+            except (OSError, ValueError):
+                pass
+
+
+class _CapturedOutput:
+    """Replace ``sys.stdout``/``sys.stderr`` by line writers for the duration of a job."""
+
+    def __init__(self, handler: TaskHandler) -> None:
+        self._handler = handler
+        self._saved: Optional[tuple] = None
+        self._writers: List[_LineWriter] = []
+
+    def __enter__(self) -> "_CapturedOutput":
+        self._saved = (sys.stdout, sys.stderr)
+        fallback = sys.__stderr__ or sys.stderr
+        self._writers = [_LineWriter(self._handler, fallback) for _ in range(2)]
+        sys.stdout, sys.stderr = self._writers
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for writer in self._writers:
+            writer.flush()
+        if self._saved is not None:
+            sys.stdout, sys.stderr = self._saved
+
+
+__all__ = ["run_job"]

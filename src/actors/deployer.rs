@@ -1,0 +1,1436 @@
+//! Deployer: the only writer of `algorithm-store`, and the owner of the in-memory algorithm index.
+//!
+//! Owns: the index (storage key → record and its prebuilt API view), rebuilt from storage at
+//! start-up; a one-permit semaphore that serialises every change (deploys, deletions) so version
+//! assignment never races; the settings the pipeline needs.
+//! Messages: [`DeployPath`], [`StartAsyncDeploy`], [`GetDeployRecord`], [`GetAlgorithm`],
+//! [`ListAlgorithms`], [`ExportAlgorithm`], [`DeleteAlgorithm`], [`ResolveAlgorithm`].
+//!
+//! Deploy flow (`algorithms.md` §2.1), under the permit: 1. resolve the folder (or unpack the
+//! zip); 2. validate `pyproject.toml`; 3. sort the files; 4. build the module in a Python child
+//! process; 5. look up `(name, major)` in the index; 6. upload the module and assets that are not
+//! stored yet; 7. compose the record with the minor-version rule and metrics; 8. write it; 9. tell
+//! the actor, which updates the index. Steps 1–4 fail before anything is written; a storage
+//! failure in 6–8 deletes what this deploy uploaded, so no orphans remain.
+//!
+//! Failure: a panic restarts the actor, which reloads the index from storage.
+
+use super::emergency_writer::{EmergencyWriter, ReadEmergencyRecord, WriteEmergencyRecord};
+use super::storage_gateway::{
+    flatten, DeleteObject, Exists, GetBytes, ListObjects, PutBytes, PutStream, Size, StorageGateway,
+};
+use super::{guard, InjectFault, Restart};
+use crate::deploy::module::{self, PythonTool};
+use crate::deploy::record::{self, api_item, ApiItem};
+use crate::deploy::{pyproject, scan, zip_input, DeployOverrides, DeploySource};
+use crate::errors::{AlgorithmError, ApiError, DeployError};
+use crate::records::{local_now, utc_iso_now, uuid1};
+use crate::storage::{
+    StorageError, ALGORITHM_STORE, ASSET_STORE, CHECKPOINT_STORE, DEPLOY_STORE, MODULE_STORE,
+};
+use actix::prelude::*;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+const NAME: &str = "deployer";
+
+#[derive(Clone)]
+pub struct DeployerConfig {
+    pub python_tool: PythonTool,
+    /// Folders `deploy/local` may read; empty means any.
+    pub allowed_paths: Vec<PathBuf>,
+    /// False when the configured executor cannot run async deploys.
+    pub in_process_executor: bool,
+}
+
+struct IndexEntry {
+    record: Value,
+    item: ApiItem,
+}
+
+pub struct Deployer {
+    storage: Addr<StorageGateway>,
+    emergency: Addr<EmergencyWriter>,
+    config: DeployerConfig,
+    index: BTreeMap<String, IndexEntry>,
+    loaded: bool,
+    permit: Arc<Semaphore>,
+    fail_next: bool,
+}
+
+impl Deployer {
+    pub fn new(
+        storage: Addr<StorageGateway>,
+        emergency: Addr<EmergencyWriter>,
+        config: DeployerConfig,
+    ) -> Self {
+        Deployer {
+            storage,
+            emergency,
+            config,
+            index: BTreeMap::new(),
+            loaded: false,
+            permit: Arc::new(Semaphore::new(1)),
+            fail_next: false,
+        }
+    }
+
+    fn load_index(&mut self, ctx: &mut Context<Self>) {
+        let storage = self.storage.clone();
+        let fut = async move { load_records(&storage).await };
+        ctx.wait(fut.into_actor(self).map(|res, act, _| match res {
+            Ok(records) => {
+                act.index = records.into_iter().map(|(k, r)| (k, entry(r))).collect();
+                act.loaded = true;
+                tracing::info!(algorithms = act.index.len(), "algorithm index loaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "loading the algorithm index failed; listing will report errors");
+                act.loaded = false;
+            }
+        }));
+    }
+
+    fn pipeline(&self, ctx: &Context<Self>) -> Pipeline {
+        Pipeline {
+            storage: self.storage.clone(),
+            emergency: self.emergency.clone(),
+            me: ctx.address(),
+            config: self.config.clone(),
+            permit: self.permit.clone(),
+        }
+    }
+
+    fn find_by_name_major(&self, name: &str, major: &str) -> Option<(String, Value)> {
+        self.index
+            .iter()
+            .find_map(|(k, e)| match record::parse_key(k) {
+                Some((_, n, m)) if n == name && m == major => Some((k.clone(), e.record.clone())),
+                _ => None,
+            })
+    }
+}
+
+fn entry(record: Value) -> IndexEntry {
+    IndexEntry {
+        item: api_item(&record),
+        record,
+    }
+}
+
+/// Reads every record, recomputing and writing back missing or stale metrics.
+async fn load_records(
+    storage: &Addr<StorageGateway>,
+) -> Result<Vec<(String, Value)>, StorageError> {
+    let keys = flatten(
+        storage
+            .send(ListObjects {
+                collection: ALGORITHM_STORE,
+            })
+            .await,
+    )?;
+    let mut out = Vec::new();
+    for info in keys {
+        if record::parse_key(&info.key).is_none() {
+            tracing::warn!(key = %info.key, "skipping malformed algorithm-store key");
+            continue;
+        }
+        let bytes = flatten(
+            storage
+                .send(GetBytes {
+                    collection: ALGORITHM_STORE,
+                    key: info.key.clone(),
+                })
+                .await,
+        )?;
+        let Ok(mut rec) = serde_json::from_slice::<Value>(&bytes) else {
+            tracing::warn!(key = %info.key, "skipping unparsable algorithm record");
+            continue;
+        };
+        let stale =
+            rec.get("storage_metrics").is_none() || rec.get("storage_metrics_stale").is_some();
+        if stale && rec.is_object() {
+            rec["storage_metrics"] = compute_metrics(storage, &rec).await?;
+            if let Some(m) = rec.as_object_mut() {
+                m.remove("storage_metrics_stale");
+            }
+            let body = Bytes::from(serde_json::to_vec(&rec).unwrap_or_default());
+            flatten(
+                storage
+                    .send(PutBytes {
+                        collection: ALGORITHM_STORE,
+                        key: info.key.clone(),
+                        body,
+                    })
+                    .await,
+            )?;
+        }
+        out.push((info.key, rec));
+    }
+    Ok(out)
+}
+
+/// Storage metrics of `algorithms.md` §4 from object sizes.
+async fn compute_metrics(
+    storage: &Addr<StorageGateway>,
+    rec: &Value,
+) -> Result<Value, StorageError> {
+    let (modules, mut assets, checkpoints) = record::referenced(rec);
+    let mut checkpoint_bytes = 0u64;
+    let mut checkpoint_count = 0u64;
+    for id in checkpoints.iter().collect::<BTreeSet<_>>() {
+        if let Some(size) = flatten(
+            storage
+                .send(Size {
+                    collection: CHECKPOINT_STORE,
+                    key: id.clone(),
+                })
+                .await,
+        )? {
+            checkpoint_bytes += size;
+            checkpoint_count += 1;
+            let bytes = flatten(
+                storage
+                    .send(GetBytes {
+                        collection: CHECKPOINT_STORE,
+                        key: id.clone(),
+                    })
+                    .await,
+            )?;
+            if let Ok(manifest) = serde_json::from_slice::<Value>(&bytes) {
+                if let Some(a) = manifest.get("assets").and_then(Value::as_object) {
+                    assets.extend(a.values().filter_map(Value::as_str).map(str::to_string));
+                }
+            }
+        }
+    }
+    let sum = |collection: &'static str, ids: BTreeSet<String>| {
+        let storage = storage.clone();
+        async move {
+            let (mut bytes, mut count) = (0u64, 0u64);
+            for id in ids {
+                if let Some(size) = flatten(
+                    storage
+                        .send(Size {
+                            collection,
+                            key: id,
+                        })
+                        .await,
+                )? {
+                    bytes += size;
+                    count += 1;
+                }
+            }
+            Ok::<_, StorageError>((bytes, count))
+        }
+    };
+    let (module_bytes, module_count) = sum(MODULE_STORE, modules).await?;
+    let (asset_bytes, asset_count) = sum(ASSET_STORE, assets).await?;
+    Ok(json!({
+        "logical_size_bytes": module_bytes + asset_bytes + checkpoint_bytes,
+        "module_bytes": module_bytes,
+        "asset_bytes": asset_bytes,
+        "checkpoint_manifest_bytes": checkpoint_bytes,
+        "module_count": module_count,
+        "asset_count": asset_count,
+        "checkpoint_count": checkpoint_count,
+        "last_recomputed_at": utc_iso_now(),
+    }))
+}
+
+impl Actor for Deployer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.load_index(ctx);
+    }
+}
+
+impl Supervised for Deployer {
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
+        tracing::warn!(actor = NAME, "restarting: reloading the algorithm index");
+        self.fail_next = false;
+        self.index.clear();
+        self.load_index(ctx);
+    }
+}
+
+impl Handler<Restart> for Deployer {
+    type Result = ();
+    fn handle(&mut self, _: Restart, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Handler<InjectFault> for Deployer {
+    type Result = ();
+    fn handle(&mut self, _: InjectFault, _: &mut Context<Self>) {
+        if super::faults_enabled() {
+            self.fail_next = true;
+        }
+    }
+}
+
+fn unavailable<T>(actor: &'static str) -> Result<T, ApiError> {
+    Err(ApiError::Unavailable { actor })
+}
+
+/// Runs a synchronous handler body under the panic guard.
+fn guarded_sync<T>(
+    ctx: &mut Context<Deployer>,
+    body: impl FnOnce() -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        Ok(v) => v,
+        Err(payload) => {
+            tracing::error!(actor = NAME, panic = %super::panic_message(&*payload), "actor panicked; restarting it");
+            ctx.stop();
+            unavailable(NAME)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+// ---------------------------------------------------------------------------------------------
+
+/// Result of a finished deploy (`AlgorithmDeployResponse`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeployResult {
+    pub algorithm_id: String,
+    pub algorithm_name: String,
+    pub algorithm_major_version: String,
+    pub algorithm_minor_version: String,
+    #[serde(skip)]
+    pub new_minor: bool,
+}
+
+/// Deploys a folder or zip and waits for the result.
+#[derive(Message)]
+#[rtype(result = "Result<DeployResult, ApiError>")]
+pub struct DeployPath {
+    pub path: PathBuf,
+    pub overrides: DeployOverrides,
+    /// `None`: decide from the path (HTTP); `Some(Cli)` for `deploy-algorithms`.
+    pub cli: bool,
+}
+
+impl Handler<DeployPath> for Deployer {
+    type Result = ResponseFuture<Result<DeployResult, ApiError>>;
+    fn handle(&mut self, m: DeployPath, ctx: &mut Context<Self>) -> Self::Result {
+        let fail = std::mem::take(&mut self.fail_next);
+        let p = self.pipeline(ctx);
+        guard(NAME, ctx.address().recipient(), unavailable, async move {
+            if fail {
+                panic!("fault injected into {NAME}");
+            }
+            let source = p.check_path(&m.path, m.cli)?;
+            p.deploy(&m.path, &m.overrides, source).await
+        })
+    }
+}
+
+/// Starts a deploy in the background and returns its `deploy_id` (`rest-api.md` D2).
+#[derive(Message)]
+#[rtype(result = "Result<String, ApiError>")]
+pub struct StartAsyncDeploy {
+    pub path: PathBuf,
+    pub overrides: DeployOverrides,
+}
+
+impl Handler<StartAsyncDeploy> for Deployer {
+    type Result = ResponseFuture<Result<String, ApiError>>;
+    fn handle(&mut self, m: StartAsyncDeploy, ctx: &mut Context<Self>) -> Self::Result {
+        let p = self.pipeline(ctx);
+        let in_process = self.config.in_process_executor;
+        Box::pin(async move {
+            if !in_process {
+                return Err(DeployError::AsyncNeedsInProcessExecutor.into());
+            }
+            let path_text = m.path.display().to_string();
+            if !m.path.exists() {
+                return Err(DeployError::PathNotFound { path: path_text }.into());
+            }
+            p.check_allowed(&m.path)?;
+            let deploy_id = uuid1();
+            let record = json!({
+                "deploy_id": deploy_id, "status": "PENDING", "path": path_text,
+                "algorithm_id": null, "algorithm_name": null, "algorithm_major_version": null,
+                "time_started": utc_iso_now(), "time_completed": null, "log": null,
+            });
+            if let Err(e) = p.write_deploy_record(&deploy_id, &record).await {
+                let mut failed = record.clone();
+                failed["status"] = json!("FAILED");
+                failed["time_completed"] = json!(utc_iso_now());
+                failed["log"] = json!(format!("Failed to save deploy record: {e}"));
+                p.emergency_deploy(&deploy_id, failed, &e).await;
+                return Ok(deploy_id);
+            }
+            let id = deploy_id.clone();
+            actix::spawn(async move { p.run_async_deploy(id, record, m.path, m.overrides).await });
+            Ok(deploy_id)
+        })
+    }
+}
+
+/// D3: the deploy record, with the emergency-store precedence of `rest-api.md` §6.5.
+#[derive(Message)]
+#[rtype(result = "Result<Value, ApiError>")]
+pub struct GetDeployRecord {
+    pub deploy_id: String,
+}
+
+impl Handler<GetDeployRecord> for Deployer {
+    type Result = ResponseFuture<Result<Value, ApiError>>;
+    fn handle(&mut self, m: GetDeployRecord, _: &mut Context<Self>) -> Self::Result {
+        let storage = self.storage.clone();
+        let emergency = self.emergency.clone();
+        Box::pin(async move {
+            let fb = emergency
+                .send(ReadEmergencyRecord {
+                    collection: DEPLOY_STORE,
+                    id: m.deploy_id.clone(),
+                })
+                .await
+                .ok()
+                .flatten();
+            let primary = flatten(
+                storage
+                    .send(GetBytes {
+                        collection: DEPLOY_STORE,
+                        key: m.deploy_id.clone(),
+                    })
+                    .await,
+            );
+            let chosen = match primary {
+                Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
+                    Ok(p) => {
+                        let p_terminal = matches!(
+                            p["status"].as_str().map(str::to_ascii_uppercase).as_deref(),
+                            Some("FAILED") | Some("COMPLETED")
+                        );
+                        match fb {
+                            Some(f) if f["status"] == "FAILED" && !p_terminal => f,
+                            _ => p,
+                        }
+                    }
+                    Err(e) => fb.ok_or_else(|| DeployError::RecordReadFailed(e.to_string()))?,
+                },
+                Err(StorageError::NotFound { .. }) | Err(StorageError::InvalidKey { .. }) => fb
+                    .ok_or(DeployError::RecordNotFound {
+                        deploy_id: m.deploy_id.clone(),
+                    })?,
+                Err(e) => fb.ok_or_else(|| DeployError::RecordReadFailed(e.to_string()))?,
+            };
+            let pick = |k: &str| chosen.get(k).cloned().unwrap_or(Value::Null);
+            Ok(json!({
+                "deploy_id": pick("deploy_id"), "status": pick("status"), "path": pick("path"),
+                "algorithm_id": pick("algorithm_id"), "algorithm_name": pick("algorithm_name"),
+                "algorithm_major_version": pick("algorithm_major_version"), "time_started": pick("time_started"),
+                "time_completed": pick("time_completed"), "log": pick("log"),
+            }))
+        })
+    }
+}
+
+/// A1: first record whose name and major equal the request case-insensitively.
+#[derive(Message)]
+#[rtype(result = "Result<Value, ApiError>")]
+pub struct GetAlgorithm {
+    pub name: String,
+    pub major: String,
+}
+
+impl Handler<GetAlgorithm> for Deployer {
+    type Result = Result<Value, ApiError>;
+    fn handle(&mut self, m: GetAlgorithm, ctx: &mut Context<Self>) -> Self::Result {
+        let fail = std::mem::take(&mut self.fail_next);
+        let index = &self.index;
+        let loaded = self.loaded;
+        guarded_sync(ctx, || {
+            if fail {
+                panic!("fault injected into {NAME}");
+            }
+            if index.is_empty() {
+                return Err(if loaded {
+                    AlgorithmError::NoAlgorithms
+                } else {
+                    AlgorithmError::ReadFailed("index not loaded".into())
+                }
+                .into());
+            }
+            for e in index.values() {
+                let name = e.record["algorithm_name"].as_str().unwrap_or_default();
+                let major = e.record["algorithm_major_version"]
+                    .as_str()
+                    .unwrap_or_default();
+                let hit = name.to_lowercase() == m.name.to_lowercase()
+                    && major.to_lowercase() == m.major.to_lowercase();
+                match (&e.item, hit) {
+                    (ApiItem::Broken(reason), _) => {
+                        return Err(AlgorithmError::ReadFailed(reason.clone()).into())
+                    }
+                    (ApiItem::Registered(v) | ApiItem::Failed(v), true) => return Ok(v.clone()),
+                    _ => {}
+                }
+            }
+            Err(AlgorithmError::NotFoundByName {
+                algorithm_name: m.name.clone(),
+                algorithm_major_version: m.major.clone(),
+            }
+            .into())
+        })
+    }
+}
+
+/// A2 filters.
+#[derive(Message, Default)]
+#[rtype(result = "Result<Vec<Value>, ApiError>")]
+pub struct ListAlgorithms {
+    pub positive_tags: Vec<String>,
+    pub negative_tags: Vec<String>,
+    pub algorithm_type: Option<String>,
+    pub supported_devices: Vec<String>,
+}
+
+impl Handler<ListAlgorithms> for Deployer {
+    type Result = Result<Vec<Value>, ApiError>;
+    fn handle(&mut self, m: ListAlgorithms, ctx: &mut Context<Self>) -> Self::Result {
+        if std::mem::take(&mut self.fail_next) {
+            return guarded_sync(ctx, || panic!("fault injected into {NAME}"));
+        }
+        if self.index.is_empty() {
+            return Err(if self.loaded {
+                AlgorithmError::NoAlgorithms
+            } else {
+                AlgorithmError::ListFailed("index not loaded".into())
+            }
+            .into());
+        }
+        let mut out = Vec::new();
+        for e in self.index.values() {
+            let v = match &e.item {
+                ApiItem::Broken(reason) => {
+                    return Err(AlgorithmError::ListFailed(reason.clone()).into())
+                }
+                ApiItem::Failed(_) => continue,
+                ApiItem::Registered(v) => v,
+            };
+            let tags: Vec<&str> = v["algorithm_tags"]
+                .as_array()
+                .map(|t| t.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            if !m.positive_tags.iter().all(|t| tags.contains(&t.as_str())) {
+                continue;
+            }
+            if m.negative_tags.iter().any(|t| tags.contains(&t.as_str())) {
+                continue;
+            }
+            if let Some(ty) = &m.algorithm_type {
+                if !v["algorithm_type"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .eq_ignore_ascii_case(ty)
+                {
+                    continue;
+                }
+            }
+            if !m.supported_devices.is_empty() {
+                let devices: Vec<String> = v["supported_devices"]
+                    .as_array()
+                    .map(|d| {
+                        d.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_lowercase)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if !m
+                    .supported_devices
+                    .iter()
+                    .any(|d| devices.contains(&d.to_lowercase()))
+                {
+                    continue;
+                }
+            }
+            out.push(v.clone());
+        }
+        Ok(out)
+    }
+}
+
+/// Finds the record for an execution (`runtime.md` §9.3 step 2): the first key whose id matches.
+#[derive(Message)]
+#[rtype(result = "Option<(String, Value)>")]
+pub struct ResolveAlgorithm {
+    pub algorithm_id: String,
+}
+
+impl Handler<ResolveAlgorithm> for Deployer {
+    type Result = Option<(String, Value)>;
+    fn handle(&mut self, m: ResolveAlgorithm, _: &mut Context<Self>) -> Self::Result {
+        self.index
+            .iter()
+            .find_map(|(k, e)| match record::parse_key(k) {
+                Some((id, _, _)) if id == m.algorithm_id => Some((k.clone(), e.record.clone())),
+                _ => None,
+            })
+    }
+}
+
+/// Index lookup for the pipeline (under the permit).
+#[derive(Message)]
+#[rtype(result = "Option<(String, Value)>")]
+struct FindByNameMajor {
+    name: String,
+    major: String,
+}
+
+impl Handler<FindByNameMajor> for Deployer {
+    type Result = Option<(String, Value)>;
+    fn handle(&mut self, m: FindByNameMajor, _: &mut Context<Self>) -> Self::Result {
+        self.find_by_name_major(&m.name, &m.major)
+    }
+}
+
+/// Every record (for reference counting before deletions).
+#[derive(Message)]
+#[rtype(result = "Vec<(String, Value)>")]
+struct AllRecords;
+
+impl Handler<AllRecords> for Deployer {
+    type Result = Vec<(String, Value)>;
+    fn handle(&mut self, _: AllRecords, _: &mut Context<Self>) -> Self::Result {
+        self.index
+            .iter()
+            .map(|(k, e)| (k.clone(), e.record.clone()))
+            .collect()
+    }
+}
+
+/// The pipeline wrote (or removed) a record: update the index.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct IndexChanged {
+    removed: Vec<String>,
+    written: Option<(String, Value)>,
+}
+
+impl Handler<IndexChanged> for Deployer {
+    type Result = ();
+    fn handle(&mut self, m: IndexChanged, _: &mut Context<Self>) {
+        for k in m.removed {
+            self.index.remove(&k);
+        }
+        if let Some((k, r)) = m.written {
+            self.index.insert(k, entry(r));
+        }
+        self.loaded = true;
+    }
+}
+
+/// D4: deletes a whole algorithm or one minor version.
+#[derive(Message)]
+#[rtype(result = "Result<String, ApiError>")]
+pub struct DeleteAlgorithm {
+    pub algorithm_id: String,
+    pub minor: Option<String>,
+    /// `--delete-existing` ignores `removable`.
+    pub force: bool,
+}
+
+impl Handler<DeleteAlgorithm> for Deployer {
+    type Result = ResponseFuture<Result<String, ApiError>>;
+    fn handle(&mut self, m: DeleteAlgorithm, ctx: &mut Context<Self>) -> Self::Result {
+        let p = self.pipeline(ctx);
+        Box::pin(async move { p.delete(m).await })
+    }
+}
+
+/// A3: builds the export zip in a temporary file and returns it (already unlinked on Unix, open).
+#[derive(Message)]
+#[rtype(result = "Result<(String, std::fs::File), ApiError>")]
+pub struct ExportAlgorithm {
+    pub name: String,
+    pub major: String,
+    pub minor: Option<String>,
+    pub checkpoint_id: Option<String>,
+}
+
+impl Handler<ExportAlgorithm> for Deployer {
+    type Result = ResponseFuture<Result<(String, std::fs::File), ApiError>>;
+    fn handle(&mut self, m: ExportAlgorithm, ctx: &mut Context<Self>) -> Self::Result {
+        // One rule for the gate and the lookup: case-insensitive, like A1 (spec-recommended fix).
+        let found = self.index.iter().find(|(_, e)| {
+            e.record["algorithm_name"]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case(&m.name))
+                && e.record["algorithm_major_version"]
+                    .as_str()
+                    .is_some_and(|v| v.eq_ignore_ascii_case(&m.major))
+        });
+        let found = found.map(|(_, e)| e.record.clone());
+        let storage = self.storage.clone();
+        let _ = ctx;
+        Box::pin(async move {
+            let Some(rec) = found else {
+                return Err(AlgorithmError::ExportNotFound {
+                    algorithm_name: m.name,
+                    algorithm_major_version: m.major,
+                }
+                .into());
+            };
+            if rec.get("exportable").and_then(Value::as_bool) == Some(false) {
+                return Err(AlgorithmError::NotExportable {
+                    algorithm_name: m.name,
+                    algorithm_major_version: m.major,
+                }
+                .into());
+            }
+            export(&storage, &rec, m).await
+        })
+    }
+}
+
+async fn export(
+    storage: &Addr<StorageGateway>,
+    rec: &Value,
+    m: ExportAlgorithm,
+) -> Result<(String, std::fs::File), ApiError> {
+    let minor = m.minor.clone().unwrap_or_else(|| {
+        rec["latest_algorithm_minor_version"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    });
+    let Some(entry) = rec["algorithm_minor_version"].get(&minor) else {
+        return Err(AlgorithmError::MinorNotFound {
+            algorithm_name: m.name,
+            algorithm_major_version: m.major,
+            algorithm_minor_version: minor,
+        }
+        .into());
+    };
+    let module_id = entry["module_id"].as_str().unwrap_or_default().to_string();
+    let mut assets: Map<String, Value> = entry["assets"].as_object().cloned().unwrap_or_default();
+    if let Some(cp) = &m.checkpoint_id {
+        let bytes = flatten(
+            storage
+                .send(GetBytes {
+                    collection: CHECKPOINT_STORE,
+                    key: cp.clone(),
+                })
+                .await,
+        )
+        .map_err(|_| AlgorithmError::CheckpointNotFound {
+            checkpoint_id: cp.clone(),
+        })?;
+        let manifest: Value =
+            serde_json::from_slice(&bytes).map_err(|_| AlgorithmError::CheckpointNotFound {
+                checkpoint_id: cp.clone(),
+            })?;
+        if let Some(over) = manifest["assets"].as_object() {
+            assets.extend(over.clone());
+        }
+    }
+    let module_zip = flatten(
+        storage
+            .send(GetBytes {
+                collection: MODULE_STORE,
+                key: module_id.clone(),
+            })
+            .await,
+    )
+    .map_err(|e| AlgorithmError::ExportFailed(format!("module {module_id}: {e}")))?;
+    let work = tempfile::tempdir().map_err(|e| AlgorithmError::ExportFailed(e.to_string()))?;
+    let mut asset_files = Vec::new();
+    for (rel, id) in &assets {
+        if !safe_rel(rel) {
+            return Err(AlgorithmError::ExportSecurity { path: rel.clone() }.into());
+        }
+        let id = id.as_str().unwrap_or_default().to_string();
+        let local = work.path().join(format!("asset-{}", asset_files.len()));
+        download_to(storage, ASSET_STORE, &id, &local)
+            .await
+            .map_err(|e| AlgorithmError::ExportFailed(format!("asset {rel}: {e}")))?;
+        asset_files.push((rel.clone(), local));
+    }
+    let out_path = work.path().join("export.zip");
+    let out = out_path.clone();
+    tokio::task::spawn_blocking(move || write_export(&module_zip, &asset_files, &out))
+        .await
+        .map_err(|e| AlgorithmError::ExportFailed(e.to_string()))??;
+    let file =
+        std::fs::File::open(&out_path).map_err(|e| AlgorithmError::ExportFailed(e.to_string()))?;
+    // The open handle keeps the data alive after the directory is removed.
+    drop(work);
+    Ok((format!("{}_v{}", m.name, m.major), file))
+}
+
+fn safe_rel(rel: &str) -> bool {
+    !rel.is_empty()
+        && !rel.starts_with('/')
+        && !rel.contains('\0')
+        && !rel.split(['/', '\\']).any(|c| c == "..")
+}
+
+async fn download_to(
+    storage: &Addr<StorageGateway>,
+    collection: &'static str,
+    key: &str,
+    dest: &Path,
+) -> Result<(), StorageError> {
+    use tokio::io::AsyncWriteExt;
+    let (_, mut stream) = flatten(
+        storage
+            .send(super::storage_gateway::GetStream {
+                collection,
+                key: key.to_string(),
+            })
+            .await,
+    )?;
+    let mut f = tokio::fs::File::create(dest)
+        .await
+        .map_err(|e| StorageError::from_io("export", e))?;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| StorageError::from_io("export", e))?;
+        f.write_all(&chunk)
+            .await
+            .map_err(|e| StorageError::from_io("export", e))?;
+    }
+    f.flush()
+        .await
+        .map_err(|e| StorageError::from_io("export", e))
+}
+
+fn write_export(
+    module_zip: &[u8],
+    assets: &[(String, PathBuf)],
+    out: &Path,
+) -> Result<(), ApiError> {
+    use std::io::{Read, Write};
+    let fail = |e: String| ApiError::from(AlgorithmError::ExportFailed(e));
+    let mut src =
+        zip::ZipArchive::new(std::io::Cursor::new(module_zip)).map_err(|e| fail(e.to_string()))?;
+    let mut dst = zip::ZipWriter::new(std::fs::File::create(out).map_err(|e| fail(e.to_string()))?);
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    let mut written = BTreeSet::new();
+    for i in 0..src.len() {
+        let mut f = src.by_index(i).map_err(|e| fail(e.to_string()))?;
+        if f.is_dir() {
+            continue;
+        }
+        let name = f.name().to_string();
+        let Some((_, rest)) = name.split_once('/') else {
+            continue;
+        };
+        if rest.is_empty() {
+            continue;
+        }
+        if !safe_rel(rest) {
+            return Err(AlgorithmError::ExportSecurity {
+                path: rest.to_string(),
+            }
+            .into());
+        }
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).map_err(|e| fail(e.to_string()))?;
+        dst.start_file(rest, opts)
+            .map_err(|e| fail(e.to_string()))?;
+        dst.write_all(&buf).map_err(|e| fail(e.to_string()))?;
+        written.insert(rest.to_string());
+    }
+    for (rel, path) in assets {
+        if written.contains(rel) {
+            continue;
+        }
+        dst.start_file(rel.as_str(), opts)
+            .map_err(|e| fail(e.to_string()))?;
+        let mut f = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+        std::io::copy(&mut f, &mut dst).map_err(|e| fail(e.to_string()))?;
+    }
+    dst.finish().map_err(|e| fail(e.to_string()))?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pipeline, run in futures that hold the permit
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone)]
+struct Pipeline {
+    storage: Addr<StorageGateway>,
+    emergency: Addr<EmergencyWriter>,
+    me: Addr<Deployer>,
+    config: DeployerConfig,
+    permit: Arc<Semaphore>,
+}
+
+fn storage_err(e: StorageError) -> ApiError {
+    DeployError::Storage(e).into()
+}
+
+impl Pipeline {
+    fn check_allowed(&self, path: &Path) -> Result<(), ApiError> {
+        if self.config.allowed_paths.is_empty() {
+            return Ok(());
+        }
+        let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let ok = self.config.allowed_paths.iter().any(|a| {
+            let a = std::fs::canonicalize(a).unwrap_or_else(|_| a.clone());
+            canon.starts_with(&a)
+        });
+        if ok {
+            Ok(())
+        } else {
+            let allowed = self
+                .config
+                .allowed_paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            Err(DeployError::PathNotAllowed {
+                path: path.display().to_string(),
+                allowed,
+            }
+            .into())
+        }
+    }
+
+    fn check_path(&self, path: &Path, cli: bool) -> Result<DeploySource, ApiError> {
+        let text = path.display().to_string();
+        if !path.exists() {
+            return Err(DeployError::PathNotFound { path: text }.into());
+        }
+        if cli {
+            return Ok(DeploySource::Cli);
+        }
+        self.check_allowed(path)?;
+        if path.is_dir() {
+            Ok(DeploySource::HttpFolder)
+        } else if path.is_file() && text.to_lowercase().ends_with(".zip") {
+            Ok(DeploySource::HttpZip)
+        } else {
+            Err(DeployError::InvalidPathType { path: text }.into())
+        }
+    }
+
+    async fn deploy(
+        &self,
+        path: &Path,
+        ov: &DeployOverrides,
+        source: DeploySource,
+    ) -> Result<DeployResult, ApiError> {
+        let _permit = self
+            .permit
+            .acquire()
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let work = tempfile::tempdir().map_err(|e| DeployError::Internal(e.to_string()))?;
+        let root = match source {
+            DeploySource::HttpZip => {
+                let dest = work.path().join("unzipped");
+                std::fs::create_dir_all(&dest).map_err(|e| DeployError::Internal(e.to_string()))?;
+                zip_input::extract(path, &dest).map_err(|e| {
+                    let reason = match e {
+                        zip_input::ZipInputError::NotAZip(r)
+                        | zip_input::ZipInputError::Unsafe(r)
+                        | zip_input::ZipInputError::Io(r) => r,
+                    };
+                    DeployError::InvalidZip {
+                        path: path.display().to_string(),
+                        reason,
+                    }
+                })?
+            }
+            _ => path.to_path_buf(),
+        };
+        let cfg = pyproject::read(&root).map_err(DeployError::InvalidAlgorithm)?;
+        for w in &cfg.warnings {
+            tracing::debug!(warning = %w, "pyproject");
+        }
+        let name = ov
+            .algorithm_name
+            .clone()
+            .unwrap_or_else(|| cfg.name.clone());
+        let major = ov
+            .algorithm_major_version
+            .clone()
+            .unwrap_or_else(|| cfg.major.clone());
+        if name.contains('~') {
+            return Err(DeployError::InvalidAlgorithm(format!(
+                "algorithm name must not contain '~': {name:?}"
+            ))
+            .into());
+        }
+        let files = scan::scan(&root).map_err(|e| DeployError::RunnerNotFound { root: e })?;
+        for w in &files.warnings {
+            tracing::warn!(warning = %w, "algorithm folder");
+        }
+        let built = module::build(
+            &files,
+            cfg.obfuscate,
+            cfg.pyc_only,
+            &self.config.python_tool,
+            work.path(),
+        )
+        .await
+        .map_err(DeployError::ModuleCreateFailed)?;
+        for w in &built.warnings {
+            tracing::warn!(warning = %w, algorithm = %name, "module build");
+        }
+
+        let existing = self
+            .me
+            .send(FindByNameMajor {
+                name: name.clone(),
+                major: major.clone(),
+            })
+            .await?;
+        let mut uploaded: Vec<(&'static str, String)> = Vec::new();
+        let result = self
+            .store(
+                &cfg,
+                &name,
+                &major,
+                &built,
+                &files,
+                existing,
+                ov,
+                source,
+                &mut uploaded,
+            )
+            .await;
+        if result.is_err() {
+            for (collection, key) in uploaded {
+                let _ = self.storage.send(DeleteObject { collection, key }).await;
+            }
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn store(
+        &self,
+        cfg: &pyproject::AlgorithmConfig,
+        name: &str,
+        major: &str,
+        built: &module::BuiltModule,
+        files: &scan::Scan,
+        existing: Option<(String, Value)>,
+        ov: &DeployOverrides,
+        source: DeploySource,
+        uploaded: &mut Vec<(&'static str, String)>,
+    ) -> Result<DeployResult, ApiError> {
+        let exists = |collection, key: String| async move {
+            flatten(self.storage.send(Exists { collection, key }).await)
+        };
+        if !exists(MODULE_STORE, built.module_id.clone())
+            .await
+            .map_err(storage_err)?
+        {
+            self.put_file(MODULE_STORE, &built.module_id, &built.zip_path)
+                .await
+                .map_err(storage_err)?;
+            uploaded.push((MODULE_STORE, built.module_id.clone()));
+        }
+        let mut assets = Map::new();
+        for (rel, path) in &files.assets {
+            let p = path.clone();
+            let (id, _) = tokio::task::spawn_blocking(move || module::file_md5(&p))
+                .await
+                .map_err(|e| DeployError::Internal(e.to_string()))?
+                .map_err(|e| DeployError::Internal(format!("cannot read asset {rel}: {e}")))?;
+            if !exists(ASSET_STORE, id.clone()).await.map_err(storage_err)? {
+                self.put_file(ASSET_STORE, &id, path)
+                    .await
+                    .map_err(storage_err)?;
+                uploaded.push((ASSET_STORE, id.clone()));
+            }
+            assets.insert(rel.clone(), json!(id));
+        }
+
+        let now = utc_iso_now();
+        let is_new = existing.is_none();
+        let (old_key, mut rec, new_minor) = match existing {
+            None => {
+                let entry = record::minor_entry(&now, &built.module_id, &assets);
+                (
+                    None,
+                    record::new_record(&uuid1(), name, major, cfg, entry, &now),
+                    true,
+                )
+            }
+            Some((key, mut rec)) => {
+                let added = record::insert_minor(&mut rec, &built.module_id, &assets, &now);
+                rec["exportable"] = json!(cfg.exportable);
+                (Some(key), rec, added)
+            }
+        };
+        match source {
+            DeploySource::Cli => {}
+            DeploySource::HttpFolder => {
+                rec["removable"] = json!(ov.removable.unwrap_or(cfg.removable));
+            }
+            DeploySource::HttpZip => {
+                let current = rec
+                    .get("removable")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                rec["removable"] =
+                    json!(ov
+                        .removable
+                        .unwrap_or(if is_new { cfg.removable } else { current }));
+            }
+        }
+        if let Some(e) = ov.exportable {
+            rec["exportable"] = json!(e);
+        }
+        rec["storage_metrics"] = compute_metrics(&self.storage, &rec)
+            .await
+            .map_err(storage_err)?;
+        if let Some(m) = rec.as_object_mut() {
+            m.remove("storage_metrics_stale");
+        }
+
+        let key = record::record_key(&rec);
+        let body = Bytes::from(record::to_pretty_bytes(&rec));
+        flatten(
+            self.storage
+                .send(PutBytes {
+                    collection: ALGORITHM_STORE,
+                    key: key.clone(),
+                    body,
+                })
+                .await,
+        )
+        .map_err(storage_err)?;
+        let mut removed = Vec::new();
+        if let Some(old) = old_key.filter(|k| *k != key) {
+            let _ = flatten(
+                self.storage
+                    .send(DeleteObject {
+                        collection: ALGORITHM_STORE,
+                        key: old.clone(),
+                    })
+                    .await,
+            );
+            removed.push(old);
+        }
+        let result = DeployResult {
+            algorithm_id: rec["algorithm_id"].as_str().unwrap_or_default().to_string(),
+            algorithm_name: name.to_string(),
+            algorithm_major_version: major.to_string(),
+            algorithm_minor_version: rec["latest_algorithm_minor_version"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            new_minor,
+        };
+        self.me
+            .send(IndexChanged {
+                removed,
+                written: Some((key, rec)),
+            })
+            .await?;
+        tracing::info!(
+            algorithm_id = %result.algorithm_id,
+            algorithm = %format!("{} {}.{}", result.algorithm_name, result.algorithm_major_version, result.algorithm_minor_version),
+            new_minor,
+            "algorithm deployed"
+        );
+        Ok(result)
+    }
+
+    async fn put_file(
+        &self,
+        collection: &'static str,
+        key: &str,
+        path: &Path,
+    ) -> Result<u64, StorageError> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| StorageError::from_io("deploy", e))?;
+        let body = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).boxed();
+        flatten(
+            self.storage
+                .send(PutStream {
+                    collection,
+                    key: key.to_string(),
+                    body,
+                })
+                .await,
+        )
+    }
+
+    async fn write_deploy_record(&self, id: &str, record: &Value) -> Result<(), StorageError> {
+        let body = Bytes::from(serde_json::to_vec(record).unwrap_or_default());
+        flatten(
+            self.storage
+                .send(PutBytes {
+                    collection: DEPLOY_STORE,
+                    key: id.to_string(),
+                    body,
+                })
+                .await,
+        )
+    }
+
+    async fn emergency_deploy(&self, id: &str, record: Value, e: &StorageError) {
+        let _ = self
+            .emergency
+            .send(WriteEmergencyRecord {
+                collection: DEPLOY_STORE,
+                id: id.to_string(),
+                record,
+                error_message: e.to_string(),
+                error_code: e.code().to_string(),
+                retryable: e.retryable(),
+            })
+            .await;
+    }
+
+    /// D2's background part; FAILED goes to `deploy-store` too (spec-recommended fix).
+    async fn run_async_deploy(
+        self,
+        id: String,
+        mut record: Value,
+        path: PathBuf,
+        ov: DeployOverrides,
+    ) {
+        record["status"] = json!("RUNNING");
+        record["time_started"] = json!(local_now());
+        let _ = self.write_deploy_record(&id, &record).await;
+        let outcome = match self.check_path(&path, false) {
+            Ok(source) => self.deploy(&path, &ov, source).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(r) => {
+                record["status"] = json!("COMPLETED");
+                record["time_completed"] = json!(local_now());
+                record["algorithm_id"] = json!(r.algorithm_id);
+                record["algorithm_name"] = json!(r.algorithm_name);
+                record["algorithm_major_version"] = json!(r.algorithm_major_version);
+                record["algorithm_minor_version"] = json!(r.algorithm_minor_version);
+            }
+            Err(e) => {
+                tracing::warn!(deploy_id = %id, error = %e, "async deploy failed");
+                record["status"] = json!("FAILED");
+                record["time_completed"] = json!(local_now());
+                record["log"] = json!(e.to_string());
+            }
+        }
+        if let Err(e) = self.write_deploy_record(&id, &record).await {
+            self.emergency_deploy(&id, record, &e).await;
+        }
+    }
+
+    async fn delete(&self, m: DeleteAlgorithm) -> Result<String, ApiError> {
+        let _permit = self
+            .permit
+            .acquire()
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let all = self.me.send(AllRecords).await?;
+        let Some((key, rec)) = all
+            .iter()
+            .find(|(k, _)| k.starts_with(&format!("{}~", m.algorithm_id)))
+            .cloned()
+        else {
+            return Err(AlgorithmError::NotFoundById {
+                algorithm_id: m.algorithm_id,
+            }
+            .into());
+        };
+        if !m.force && rec.get("removable").and_then(Value::as_bool) != Some(true) {
+            return Err(AlgorithmError::NotRemovable {
+                algorithm_id: m.algorithm_id,
+            }
+            .into());
+        }
+        let remove_err =
+            |e: StorageError| ApiError::from(AlgorithmError::RemoveFailed(e.to_string()));
+        match m.minor {
+            None => {
+                let name = rec["algorithm_name"].clone();
+                let major = rec["algorithm_major_version"].clone();
+                let doomed: Vec<(String, Value)> = all
+                    .iter()
+                    .filter(|(_, r)| {
+                        r["algorithm_name"] == name && r["algorithm_major_version"] == major
+                    })
+                    .cloned()
+                    .collect();
+                let kept: Vec<&Value> = all
+                    .iter()
+                    .filter(|(k, _)| !doomed.iter().any(|(d, _)| d == k))
+                    .map(|(_, r)| r)
+                    .collect();
+                let (keep_m, keep_a) = references_of(kept.into_iter());
+                let mut removed = Vec::new();
+                for (k, r) in &doomed {
+                    let (mods, assets, checkpoints) = record::referenced(r);
+                    self.delete_unreferenced(&mods, &keep_m, &assets, &keep_a)
+                        .await
+                        .map_err(remove_err)?;
+                    for cp in checkpoints {
+                        // A missing checkpoint (or training record) no longer aborts the deletion.
+                        let _ = flatten(
+                            self.storage
+                                .send(DeleteObject {
+                                    collection: CHECKPOINT_STORE,
+                                    key: cp,
+                                })
+                                .await,
+                        );
+                    }
+                    flatten(
+                        self.storage
+                            .send(DeleteObject {
+                                collection: ALGORITHM_STORE,
+                                key: k.clone(),
+                            })
+                            .await,
+                    )
+                    .map_err(remove_err)?;
+                    removed.push(k.clone());
+                }
+                self.me
+                    .send(IndexChanged {
+                        removed,
+                        written: None,
+                    })
+                    .await?;
+                tracing::info!(algorithm_id = %m.algorithm_id, "algorithm removed");
+                Ok("Algorithm removed".into())
+            }
+            Some(minor) => {
+                let detail = format!("Algorithm minor version {minor} removed");
+                let mut rec = rec;
+                let Some(entry) = rec["algorithm_minor_version"]
+                    .as_object_mut()
+                    .and_then(|m| m.remove(&minor))
+                else {
+                    return Ok(detail);
+                };
+                let others = all.iter().filter(|(k, _)| *k != key).map(|(_, r)| r);
+                let (keep_m, keep_a) = references_of(others.chain(std::iter::once(&rec)));
+                let (mods, assets) = references_of(std::iter::once(
+                    &json!({"algorithm_minor_version": {"x": entry}}),
+                ));
+                self.delete_unreferenced(&mods, &keep_m, &assets, &keep_a)
+                    .await
+                    .map_err(remove_err)?;
+                let remaining: Vec<i64> = rec["algorithm_minor_version"]
+                    .as_object()
+                    .map(|m| m.keys().filter_map(|k| k.parse().ok()).collect())
+                    .unwrap_or_default();
+                if remaining.is_empty()
+                    && rec["algorithm_minor_version"]
+                        .as_object()
+                        .is_some_and(|m| m.is_empty())
+                {
+                    flatten(
+                        self.storage
+                            .send(DeleteObject {
+                                collection: ALGORITHM_STORE,
+                                key: key.clone(),
+                            })
+                            .await,
+                    )
+                    .map_err(remove_err)?;
+                    self.me
+                        .send(IndexChanged {
+                            removed: vec![key],
+                            written: None,
+                        })
+                        .await?;
+                    return Ok(detail);
+                }
+                if rec["latest_algorithm_minor_version"].as_str() == Some(minor.as_str()) {
+                    rec["latest_algorithm_minor_version"] = match remaining.iter().max() {
+                        Some(max) => json!(max.to_string()),
+                        None => rec["algorithm_minor_version"]
+                            .as_object()
+                            .and_then(|m| m.keys().last().cloned())
+                            .map(Value::String)
+                            .unwrap_or(Value::Null),
+                    };
+                }
+                rec["storage_metrics"] = compute_metrics(&self.storage, &rec)
+                    .await
+                    .map_err(remove_err)?;
+                let body = Bytes::from(serde_json::to_vec(&rec).unwrap_or_default());
+                flatten(
+                    self.storage
+                        .send(PutBytes {
+                            collection: ALGORITHM_STORE,
+                            key: key.clone(),
+                            body,
+                        })
+                        .await,
+                )
+                .map_err(remove_err)?;
+                self.me
+                    .send(IndexChanged {
+                        removed: vec![],
+                        written: Some((key, rec)),
+                    })
+                    .await?;
+                Ok(detail)
+            }
+        }
+    }
+
+    async fn delete_unreferenced(
+        &self,
+        mods: &BTreeSet<String>,
+        keep_m: &BTreeSet<String>,
+        assets: &BTreeSet<String>,
+        keep_a: &BTreeSet<String>,
+    ) -> Result<(), StorageError> {
+        for id in mods.difference(keep_m) {
+            flatten(
+                self.storage
+                    .send(DeleteObject {
+                        collection: MODULE_STORE,
+                        key: id.clone(),
+                    })
+                    .await,
+            )?;
+        }
+        for id in assets.difference(keep_a) {
+            flatten(
+                self.storage
+                    .send(DeleteObject {
+                        collection: ASSET_STORE,
+                        key: id.clone(),
+                    })
+                    .await,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Union of module and asset ids referenced by every minor of `records`.
+fn references_of<'a>(
+    records: impl Iterator<Item = &'a Value>,
+) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut m = BTreeSet::new();
+    let mut a = BTreeSet::new();
+    for r in records {
+        let (mods, assets, _) = record::referenced(r);
+        m.extend(mods);
+        a.extend(assets);
+    }
+    (m, a)
+}

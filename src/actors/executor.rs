@@ -1,0 +1,594 @@
+//! Executor: supervises one worker process (one per GPU, or per CPU worker) and the execution it
+//! runs.
+//!
+//! Owns: the worker child (pid, stdin writer), the record of the running execution (the freshest
+//! copy; polls read it from here), and a persister task that writes that record to storage in
+//! order, at most once per 100 ms while it runs, and at once for terminal states.
+//! Messages in: [`RunExecution`], [`StopNotice`], [`GetRunningRecord`]; from its own tasks:
+//! worker frames and exit. Messages out to the pool: ready/down/finished.
+//!
+//! Flow: 1. spawn `compox worker`, send `init`, wait for `ready`; 2. on `RunExecution` send the job;
+//! 3. merge each `update` into the record, answer with the stop flag, hand the record to the
+//! persister; 4. on `done` flush the final record and report to the pool.
+//!
+//! Failure: when the worker dies (crash, `os._exit`, segfault, OOM kill, or our kill after the
+//! stop grace period) the running execution ends FAILED with the reason (STOPPED when a stop was
+//! requested), the record is flushed, and a new worker is started with back-off. A final write
+//! that storage refuses goes to the emergency store.
+
+use super::emergency_writer::{DeleteEmergencyRecord, EmergencyWriter, WriteEmergencyRecord};
+use super::executor_pool::{ExecutionFinished, ExecutorDown, ExecutorPool, ExecutorReady};
+use super::storage_gateway::{flatten, PutBytes, StorageGateway};
+use crate::records::{is_terminal, local_now, log_time_now, ExecutionRecord};
+use crate::storage::{StorageError, EXECUTION_STORE};
+use crate::worker::protocol::{self, FromWorker, StorageSpec, ToWorker};
+use actix::prelude::*;
+use bytes::Bytes;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+const PERSIST_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How to start this executor's worker.
+#[derive(Clone, Debug)]
+pub struct WorkerSpec {
+    pub exe: PathBuf,
+    pub python_env: Option<PathBuf>,
+    pub storage: StorageSpec,
+    /// `CUDA_VISIBLE_DEVICES` for this worker (GPU mode), set before Python starts.
+    pub cuda_device: Option<String>,
+    pub module_cache_root: PathBuf,
+    pub stop_grace: Duration,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WorkerInfo {
+    pub python_version: String,
+    pub python_prefix: String,
+    pub python_executable: String,
+    pub pid: u32,
+}
+
+struct Running {
+    record: ExecutionRecord,
+    stop_requested: bool,
+}
+
+pub struct Executor {
+    index: usize,
+    pool: Addr<ExecutorPool>,
+    spec: WorkerSpec,
+    generation: u64,
+    pid: Option<u32>,
+    writer: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    persister: mpsc::UnboundedSender<Persist>,
+    running: Option<Running>,
+    ready: bool,
+    restarts: u32,
+    module_cache_dir: PathBuf,
+    shutting_down: bool,
+}
+
+impl Executor {
+    pub fn new(
+        index: usize,
+        pool: Addr<ExecutorPool>,
+        storage: Addr<StorageGateway>,
+        emergency: Addr<EmergencyWriter>,
+        spec: WorkerSpec,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        actix::spawn(persister(rx, storage, emergency));
+        Executor {
+            index,
+            pool,
+            spec,
+            generation: 0,
+            pid: None,
+            writer: None,
+            persister: tx,
+            running: None,
+            ready: false,
+            restarts: 0,
+            module_cache_dir: PathBuf::new(),
+            shutting_down: false,
+        }
+    }
+
+    fn send_frame(&self, msg: &ToWorker) {
+        if let Some(w) = &self.writer {
+            let _ = w.send(protocol::encode(msg));
+        }
+    }
+
+    fn spawn_worker(&mut self, ctx: &mut Context<Self>) {
+        self.generation += 1;
+        let generation = self.generation;
+        let _ = std::fs::remove_dir_all(&self.module_cache_dir);
+        self.module_cache_dir = self.spec.module_cache_root.join(format!(
+            "pid_{}_{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        if let Err(e) = std::fs::create_dir_all(&self.module_cache_dir) {
+            tracing::error!(worker = self.index, error = %e, "cannot create the module cache directory");
+        }
+        let mut cmd = tokio::process::Command::new(&self.spec.exe);
+        cmd.arg("worker")
+            .arg("--index")
+            .arg(self.index.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(env) = &self.spec.python_env {
+            cmd.env("COMPOX_PYTHON_ENV", env);
+        }
+        if let Some(dev) = &self.spec.cuda_device {
+            cmd.env("CUDA_VISIBLE_DEVICES", dev);
+        }
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(worker = self.index, error = %e, "cannot start the worker process");
+                self.schedule_restart(ctx);
+                return;
+            }
+        };
+        self.pid = child.id();
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            tracing::error!(worker = self.index, "worker pipes missing");
+            return;
+        };
+        let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
+        actix::spawn(async move {
+            let mut stdin = stdin;
+            while let Some(bytes) = wrx.recv().await {
+                if stdin.write_all(&bytes).await.is_err() || stdin.flush().await.is_err() {
+                    break;
+                }
+            }
+        });
+        self.writer = Some(wtx);
+        let me = ctx.address();
+        let index = self.index;
+        actix::spawn(async move {
+            let mut out = stdout;
+            loop {
+                match protocol::read_async::<FromWorker>(&mut out).await {
+                    Ok(Some(frame)) => me.do_send(WorkerFrame { generation, frame }),
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(worker = index, error = %e, "bad frame from worker");
+                        break;
+                    }
+                }
+            }
+            let status = child
+                .wait()
+                .await
+                .map(describe_exit)
+                .unwrap_or_else(|e| format!("unknown ({e})"));
+            me.do_send(WorkerExited {
+                generation,
+                reason: status,
+            });
+        });
+        actix::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::debug!(worker = index, "{line}");
+            }
+        });
+        self.send_frame(&ToWorker::Init {
+            storage: self.spec.storage.clone(),
+            worker: self.index,
+        });
+    }
+
+    fn schedule_restart(&mut self, ctx: &mut Context<Self>) {
+        if self.shutting_down {
+            return;
+        }
+        let delay = Duration::from_millis((100u64 << self.restarts.min(6)).min(5_000));
+        self.restarts += 1;
+        ctx.run_later(delay, |act, ctx| act.spawn_worker(ctx));
+    }
+
+    fn persist(
+        &self,
+        record: &ExecutionRecord,
+        terminal: bool,
+    ) -> oneshot::Receiver<Result<(), StorageError>> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.persister.send(Persist {
+            record: record.clone(),
+            terminal,
+            done: Some(tx),
+        });
+        rx
+    }
+
+    /// Ends the running execution because its worker is gone.
+    fn fail_running(&mut self, reason: &str, ctx: &mut Context<Self>) {
+        let Some(mut run) = self.running.take() else {
+            return;
+        };
+        let rec = &mut run.record;
+        if !is_terminal(&rec.status) {
+            if run.stop_requested {
+                rec.log.push_str(&format!(
+                    "{} INFO Worker stopped after the stop grace period ({reason}).\n",
+                    log_time_now()
+                ));
+                rec.status = "STOPPED".into();
+            } else {
+                rec.log.push_str(&format!(
+                    "{} ERROR Worker process died during the execution: {reason}\n",
+                    log_time_now()
+                ));
+                rec.status = "FAILED".into();
+                rec.progress = 1.0;
+                rec.output_dataset_ids = json!([]);
+                rec.extra.insert(
+                    "error".into(),
+                    json!({"type": "WorkerCrashed", "message": format!("Worker process died: {reason}"), "code": "worker_crashed"}),
+                );
+            }
+            rec.time_completed = local_now();
+        }
+        tracing::warn!(worker = self.index, execution_id = %rec.execution_id, status = %rec.status, reason, "worker lost its execution");
+        let record = run.record.clone();
+        let done = self.persist(&record, true);
+        let pool = self.pool.clone();
+        let index = self.index;
+        ctx.spawn(
+            async move {
+                let _ = done.await;
+                pool.do_send(ExecutionFinished { index, record });
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+/// "exit code 3" / "killed by signal 9 (SIGKILL)".
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        return format!("exit code {code}");
+    }
+    match status.signal() {
+        Some(9) => "killed by signal 9 (SIGKILL; out of memory or killed)".into(),
+        Some(11) => "killed by signal 11 (SIGSEGV, segmentation fault)".into(),
+        Some(6) => "killed by signal 6 (SIGABRT)".into(),
+        Some(s) => format!("killed by signal {s}"),
+        None => "ended".into(),
+    }
+}
+
+impl Actor for Executor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.spawn_worker(ctx);
+    }
+
+    fn stopping(&mut self, _: &mut Context<Self>) -> Running2 {
+        self.shutting_down = true;
+        if let Some(pid) = self.pid.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let _ = std::fs::remove_dir_all(&self.module_cache_dir);
+        Running2::Stop
+    }
+}
+
+use actix::Running as Running2;
+
+impl Supervised for Executor {
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
+        tracing::warn!(worker = self.index, "executor restarting");
+        self.shutting_down = false;
+        self.fail_running("the executor restarted", ctx);
+        self.spawn_worker(ctx);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct WorkerFrame {
+    generation: u64,
+    frame: FromWorker,
+}
+
+impl Handler<WorkerFrame> for Executor {
+    type Result = ();
+    fn handle(&mut self, m: WorkerFrame, ctx: &mut Context<Self>) {
+        if m.generation != self.generation {
+            return;
+        }
+        match m.frame {
+            FromWorker::Ready {
+                python_version,
+                python_prefix,
+                python_executable,
+                pid,
+            } => {
+                self.ready = true;
+                self.restarts = 0;
+                let info = WorkerInfo {
+                    python_version,
+                    python_prefix,
+                    python_executable,
+                    pid,
+                };
+                tracing::info!(worker = self.index, pid, python = %info.python_version.split_whitespace().next().unwrap_or(""), prefix = %info.python_prefix, "worker ready");
+                self.pool.do_send(ExecutorReady {
+                    index: self.index,
+                    info,
+                });
+            }
+            FromWorker::Fatal { message } => {
+                tracing::error!(worker = self.index, %message, "worker cannot start");
+            }
+            FromWorker::Update { fields } => {
+                let Some(run) = self.running.as_mut() else {
+                    self.send_frame(&ToWorker::UpdateAck {
+                        stop: false,
+                        error: Some("no execution is running".into()),
+                    });
+                    return;
+                };
+                run.record.apply(&fields);
+                let terminal = fields
+                    .get("status")
+                    .and_then(Value::as_str)
+                    .is_some_and(is_terminal);
+                let stop = run.stop_requested;
+                let record = run.record.clone();
+                drop(self.persist(&record, terminal));
+                self.send_frame(&ToWorker::UpdateAck { stop, error: None });
+            }
+            FromWorker::Done => {
+                let Some(mut run) = self.running.take() else {
+                    return;
+                };
+                if !is_terminal(&run.record.status) {
+                    run.record.status = "FAILED".into();
+                    run.record.progress = 1.0;
+                    run.record.time_completed = local_now();
+                    run.record.log.push_str(&format!(
+                        "{} ERROR The algorithm runtime ended without a final status.\n",
+                        log_time_now()
+                    ));
+                }
+                let record = run.record;
+                let done = self.persist(&record, true);
+                let pool = self.pool.clone();
+                let index = self.index;
+                ctx.spawn(
+                    async move {
+                        let _ = done.await;
+                        pool.do_send(ExecutionFinished { index, record });
+                    }
+                    .into_actor(self),
+                );
+            }
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct WorkerExited {
+    generation: u64,
+    reason: String,
+}
+
+impl Handler<WorkerExited> for Executor {
+    type Result = ();
+    fn handle(&mut self, m: WorkerExited, ctx: &mut Context<Self>) {
+        if m.generation != self.generation {
+            return;
+        }
+        self.ready = false;
+        self.writer = None;
+        self.pid = None;
+        if self.shutting_down {
+            return;
+        }
+        tracing::warn!(worker = self.index, reason = %m.reason, "worker process exited; restarting it");
+        self.pool.do_send(ExecutorDown {
+            index: self.index,
+            reason: m.reason.clone(),
+        });
+        self.fail_running(&m.reason, ctx);
+        self.schedule_restart(ctx);
+    }
+}
+
+/// Runs one execution; the executor must be idle and ready.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RunExecution {
+    pub job: Value,
+    pub record: ExecutionRecord,
+}
+
+impl Handler<RunExecution> for Executor {
+    type Result = ();
+    fn handle(&mut self, m: RunExecution, _: &mut Context<Self>) {
+        let mut job = m.job;
+        job["module_cache_dir"] = json!(self.module_cache_dir.display().to_string());
+        tracing::debug!(worker = self.index, execution_id = %m.record.execution_id, "execution dispatched");
+        self.running = Some(Running {
+            record: m.record,
+            stop_requested: false,
+        });
+        self.send_frame(&ToWorker::Run { job });
+    }
+}
+
+/// A stop was requested for the running execution: tell the algorithm at its next record write,
+/// and kill the worker when it has not yielded within the grace period.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopNotice {
+    pub execution_id: String,
+}
+
+impl Handler<StopNotice> for Executor {
+    type Result = ();
+    fn handle(&mut self, m: StopNotice, ctx: &mut Context<Self>) {
+        let Some(run) = self
+            .running
+            .as_mut()
+            .filter(|r| r.record.execution_id == m.execution_id)
+        else {
+            return;
+        };
+        run.stop_requested = true;
+        let id = m.execution_id;
+        ctx.run_later(self.spec.stop_grace, move |act, _| {
+            let still = act.running.as_ref().is_some_and(|r| r.record.execution_id == id && !is_terminal(&r.record.status));
+            if still {
+                if let Some(pid) = act.pid {
+                    tracing::warn!(worker = act.index, execution_id = %id, "algorithm ignored the stop request; killing its worker");
+                    // SAFETY: signalling our own child.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                }
+            }
+        });
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Option<ExecutionRecord>")]
+pub struct GetRunningRecord {
+    pub execution_id: String,
+}
+
+impl Handler<GetRunningRecord> for Executor {
+    type Result = Option<ExecutionRecord>;
+    fn handle(&mut self, m: GetRunningRecord, _: &mut Context<Self>) -> Self::Result {
+        self.running
+            .as_ref()
+            .filter(|r| r.record.execution_id == m.execution_id)
+            .map(|r| r.record.clone())
+    }
+}
+
+/// Asks the worker to exit and stops the executor (server shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ShutdownExecutor;
+
+impl Handler<ShutdownExecutor> for Executor {
+    type Result = ();
+    fn handle(&mut self, _: ShutdownExecutor, ctx: &mut Context<Self>) {
+        self.shutting_down = true;
+        self.fail_running("the server shut down", ctx);
+        self.send_frame(&ToWorker::Shutdown);
+        if let Some(pid) = self.pid.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let _ = std::fs::remove_dir_all(&self.module_cache_dir);
+    }
+}
+
+struct Persist {
+    record: ExecutionRecord,
+    terminal: bool,
+    done: Option<oneshot::Sender<Result<(), StorageError>>>,
+}
+
+/// Writes records in arrival order; coalesces non-terminal ones to one write per interval and
+/// always writes the newest snapshot. A terminal record storage refuses goes to the emergency store.
+async fn persister(
+    mut rx: mpsc::UnboundedReceiver<Persist>,
+    storage: Addr<StorageGateway>,
+    emergency: Addr<EmergencyWriter>,
+) {
+    let mut last = Instant::now() - PERSIST_INTERVAL;
+    while let Some(mut req) = rx.recv().await {
+        let mut waiters = vec![req.done.take()];
+        if !req.terminal {
+            let deadline = tokio::time::Instant::from_std(last + PERSIST_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    next = rx.recv() => match next {
+                        Some(mut n) => {
+                            waiters.push(n.done.take());
+                            req = n;
+                            if req.terminal { break; }
+                        }
+                        None => break,
+                    },
+                }
+            }
+        }
+        while let Ok(mut n) = rx.try_recv() {
+            waiters.push(n.done.take());
+            let terminal = req.terminal || n.terminal;
+            req = n;
+            req.terminal = terminal;
+        }
+        let id = req.record.execution_id.clone();
+        let body = Bytes::from(serde_json::to_vec(&req.record).unwrap_or_default());
+        let result = flatten(
+            storage
+                .send(PutBytes {
+                    collection: EXECUTION_STORE,
+                    key: id.clone(),
+                    body,
+                })
+                .await,
+        );
+        last = Instant::now();
+        match &result {
+            Ok(()) if req.terminal => {
+                emergency.do_send(DeleteEmergencyRecord {
+                    collection: EXECUTION_STORE,
+                    id: id.clone(),
+                });
+                tracing::info!(execution_id = %id, algorithm_id = %req.record.algorithm_id, status = %req.record.status, "execution finished");
+            }
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(execution_id = %id, error = %e, terminal = req.terminal, "execution record write failed");
+                if req.terminal {
+                    let _ = emergency
+                        .send(WriteEmergencyRecord {
+                            collection: EXECUTION_STORE,
+                            id: id.clone(),
+                            record: serde_json::to_value(&req.record).unwrap_or_default(),
+                            error_message: e.to_string(),
+                            error_code: e.code().to_string(),
+                            retryable: e.retryable(),
+                        })
+                        .await;
+                }
+            }
+        }
+        for w in waiters.into_iter().flatten() {
+            let _ = w.send(
+                result
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| StorageError::WriteFailed {
+                        operation: "persist".into(),
+                        message: e.to_string(),
+                    }),
+            );
+        }
+    }
+}

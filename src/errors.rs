@@ -1,0 +1,441 @@
+//! Every failure a client can see, by area, and the one table that maps them to a status and body
+//! (`rest-api.md` §2). Handlers return these; they never write a status code themselves.
+
+use crate::storage::StorageError;
+use serde_json::{json, Value};
+
+/// The fixed text of every 5xx body: the real message is logged, never sent.
+pub const INTERNAL_DETAIL: &str = "Failed due to an internal server error.";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("The provided file is not a valid hdf5 file.")]
+    InvalidHdf5,
+    #[error("File not found")]
+    NotFound { file_id: String },
+    #[error("File not found")]
+    ObjectNotFound { object_name: String },
+    #[error("Invalid object name {name:?}: {reason}")]
+    InvalidName { name: String, reason: String },
+    #[error("The presigned URL is invalid or has expired.")]
+    PresignedUrlInvalid,
+    #[error("uploading file failed: {0}")]
+    UploadFailed(StorageError),
+    #[error("downloading file {file_id} failed: {source}")]
+    DownloadFailed {
+        file_id: String,
+        source: StorageError,
+    },
+    #[error("deleting file {file_id} failed: {source}")]
+    DeleteFailed {
+        file_id: String,
+        source: StorageError,
+    },
+    #[error("presigning an upload URL failed: {0}")]
+    UploadUrlFailed(StorageError),
+    #[error("presigning a download URL failed: {0}")]
+    DownloadUrlFailed(StorageError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AlgorithmError {
+    #[error("No algorithms found in the algorithm store")]
+    NoAlgorithms,
+    #[error("Model with the requested name and major version not found in the model store")]
+    NotFoundByName {
+        algorithm_name: String,
+        algorithm_major_version: String,
+    },
+    #[error("Algorithm not found")]
+    NotFoundById { algorithm_id: String },
+    #[error("Algorithm is not exportable.")]
+    NotExportable {
+        algorithm_name: String,
+        algorithm_major_version: String,
+    },
+    #[error("Algorithm '{algorithm_name}' v{algorithm_major_version} not found.")]
+    ExportNotFound {
+        algorithm_name: String,
+        algorithm_major_version: String,
+    },
+    #[error("Algorithm '{algorithm_name}' v{algorithm_major_version}.{algorithm_minor_version} not found.")]
+    MinorNotFound {
+        algorithm_name: String,
+        algorithm_major_version: String,
+        algorithm_minor_version: String,
+    },
+    #[error("Checkpoint '{checkpoint_id}' not found.")]
+    CheckpointNotFound { checkpoint_id: String },
+    #[error("Path traversal attempt detected: {path}")]
+    ExportSecurity { path: String },
+    #[error("Algorithm is not removable")]
+    NotRemovable { algorithm_id: String },
+    #[error("reading algorithm records failed: {0}")]
+    ReadFailed(String),
+    #[error("listing algorithm records failed: {0}")]
+    ListFailed(String),
+    #[error("exporting algorithm failed: {0}")]
+    ExportFailed(String),
+    #[error("removing algorithm failed: {0}")]
+    RemoveFailed(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("Path not found: {path}")]
+    PathNotFound { path: String },
+    #[error("Path must be a directory or a .zip file.")]
+    InvalidPathType { path: String },
+    #[error("Invalid algorithm deployment zip: {path}")]
+    InvalidZip { path: String, reason: String },
+    #[error("Deploying from {path} is not allowed; allowed folders: {allowed}")]
+    PathNotAllowed { path: String, allowed: String },
+    #[error("Runner.py not found in the algorithm root {root}")]
+    RunnerNotFound { root: String },
+    /// A bad `pyproject.toml` or folder: names the file, the key and the rule.
+    #[error("{0}")]
+    InvalidAlgorithm(String),
+    #[error("Failed to create algorithm module: {0}")]
+    ModuleCreateFailed(String),
+    #[error("Async deploy requires fastapi_background_tasks executor.")]
+    AsyncNeedsInProcessExecutor,
+    #[error("Deploy record not found")]
+    RecordNotFound { deploy_id: String },
+    #[error("reading deploy record failed: {0}")]
+    RecordReadFailed(String),
+    #[error("storing algorithm failed: {0}")]
+    Storage(StorageError),
+    #[error("deploy failed: {0}")]
+    Internal(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutionError {
+    #[error("Input datasets with the following identifiers not found: {}", missing_dataset_ids.join("\n"))]
+    InputDatasetsNotFound { missing_dataset_ids: Vec<String> },
+    #[error("Algorithm not found")]
+    AlgorithmNotFound { algorithm_id: String },
+    #[error("Execution record not found")]
+    RecordNotFound { execution_id: String },
+    #[error("Execution in state {status} cannot be stopped")]
+    NotStoppable {
+        execution_id: String,
+        status: String,
+    },
+    #[error("reading execution record {execution_id} failed: {message}")]
+    RecordReadFailed {
+        execution_id: String,
+        message: String,
+    },
+    #[error("posting stop request for {execution_id} failed: {message}")]
+    StopRequestFailed {
+        execution_id: String,
+        message: String,
+    },
+    #[error("reading execution records failed: {0}")]
+    RecordsReadFailed(String),
+    #[error("deleting execution records failed: {0}")]
+    RecordsDeleteFailed(String),
+    #[error("deleting execution record failed: {0}")]
+    RecordDeleteFailed(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(transparent)]
+    Algorithm(#[from] AlgorithmError),
+    #[error(transparent)]
+    Deploy(#[from] DeployError),
+    #[error(transparent)]
+    Execution(#[from] ExecutionError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Request validation (E3); the items are pydantic-style error objects.
+    #[error("request validation failed")]
+    Validation(Vec<Value>),
+    /// Framework errors (E4): unknown route, wrong method.
+    #[error("{detail}")]
+    Http { status: u16, detail: &'static str },
+    /// An actor panicked or is restarting; the request can be retried.
+    #[error("service {actor} is restarting")]
+    Unavailable { actor: &'static str },
+    /// Anything else (E5).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// One row of the error table: what the client receives.
+pub struct ErrorRow {
+    pub status: u16,
+    pub code: String,
+    pub retryable: bool,
+    pub details: Option<Value>,
+}
+
+fn row(status: u16, code: &str, details: Option<Value>) -> ErrorRow {
+    ErrorRow {
+        status,
+        code: code.to_string(),
+        retryable: false,
+        details,
+    }
+}
+
+impl ApiError {
+    /// The error table (`rest-api.md` §2 and the per-endpoint sections of §5).
+    pub fn row(&self) -> ErrorRow {
+        use AlgorithmError as A;
+        use DeployError as D;
+        use ExecutionError as X;
+        use FileError as F;
+        match self {
+            ApiError::File(e) => match e {
+                F::InvalidHdf5 => row(422, "invalid_hdf5_file", None),
+                F::NotFound { file_id } => {
+                    row(404, "file_not_found", Some(json!({ "file_id": file_id })))
+                }
+                F::ObjectNotFound { object_name } => row(
+                    404,
+                    "file_not_found",
+                    Some(json!({ "object_name": object_name })),
+                ),
+                F::InvalidName { name, reason } => row(
+                    400,
+                    "invalid_object_name",
+                    Some(json!({ "object_name": name, "reason": reason })),
+                ),
+                F::PresignedUrlInvalid => row(403, "presigned_url_invalid", None),
+                F::UploadFailed(s) => storage_row(500, "file_upload_failed", s),
+                F::DownloadFailed { .. } => row(500, "file_download_failed", None),
+                F::DeleteFailed { .. } => row(500, "file_delete_failed", None),
+                F::UploadUrlFailed(_) => row(500, "file_upload_url_failed", None),
+                F::DownloadUrlFailed(_) => row(500, "file_download_url_failed", None),
+            },
+            ApiError::Algorithm(e) => match e {
+                A::NoAlgorithms => row(404, "no_algorithms_found", None),
+                A::NotFoundByName {
+                    algorithm_name,
+                    algorithm_major_version,
+                } => row(
+                    404,
+                    "algorithm_not_found",
+                    Some(
+                        json!({ "algorithm_name": algorithm_name, "algorithm_major_version": algorithm_major_version }),
+                    ),
+                ),
+                A::NotFoundById { algorithm_id } => row(
+                    404,
+                    "algorithm_not_found",
+                    Some(json!({ "algorithm_id": algorithm_id })),
+                ),
+                A::NotExportable {
+                    algorithm_name,
+                    algorithm_major_version,
+                } => row(
+                    403,
+                    "algorithm_not_exportable",
+                    Some(
+                        json!({ "algorithm_name": algorithm_name, "algorithm_major_version": algorithm_major_version }),
+                    ),
+                ),
+                A::ExportNotFound {
+                    algorithm_name,
+                    algorithm_major_version,
+                } => row(
+                    404,
+                    "algorithm_not_found",
+                    Some(
+                        json!({ "algorithm_name": algorithm_name, "algorithm_major_version": algorithm_major_version }),
+                    ),
+                ),
+                A::MinorNotFound {
+                    algorithm_name,
+                    algorithm_major_version,
+                    algorithm_minor_version,
+                } => row(
+                    404,
+                    "minor_version_not_found",
+                    Some(json!({
+                        "algorithm_name": algorithm_name,
+                        "algorithm_major_version": algorithm_major_version,
+                        "algorithm_minor_version": algorithm_minor_version,
+                    })),
+                ),
+                A::CheckpointNotFound { checkpoint_id } => row(
+                    404,
+                    "checkpoint_not_found",
+                    Some(json!({ "checkpoint_id": checkpoint_id })),
+                ),
+                A::ExportSecurity { .. } => row(400, "algorithm_export_security_error", None),
+                A::NotRemovable { algorithm_id } => row(
+                    400,
+                    "algorithm_not_removable",
+                    Some(json!({ "algorithm_id": algorithm_id })),
+                ),
+                A::ReadFailed(_) => row(500, "algorithm_read_failed", None),
+                A::ListFailed(_) => row(500, "algorithm_list_failed", None),
+                A::ExportFailed(_) => row(500, "algorithm_export_failed", None),
+                A::RemoveFailed(_) => row(500, "algorithm_remove_failed", None),
+            },
+            ApiError::Deploy(e) => match e {
+                D::PathNotFound { path } => {
+                    row(400, "deploy_path_not_found", Some(json!({ "path": path })))
+                }
+                D::InvalidPathType { path } => row(
+                    400,
+                    "invalid_deploy_path_type",
+                    Some(json!({ "path": path })),
+                ),
+                D::InvalidZip { path, reason } => row(
+                    400,
+                    "invalid_deployment_zip",
+                    Some(json!({ "path": path, "reason": reason })),
+                ),
+                D::PathNotAllowed { path, .. } => row(
+                    403,
+                    "deploy_path_not_allowed",
+                    Some(json!({ "path": path })),
+                ),
+                D::RunnerNotFound { root } => row(
+                    400,
+                    "algorithm_runner_not_found",
+                    Some(json!({ "path": root })),
+                ),
+                D::InvalidAlgorithm(_) => row(400, "algorithm_deploy_failed", None),
+                D::ModuleCreateFailed(_) => row(400, "algorithm_module_create_failed", None),
+                D::AsyncNeedsInProcessExecutor => row(400, "invalid_async_deploy_executor", None),
+                D::RecordNotFound { deploy_id } => row(
+                    404,
+                    "deploy_record_not_found",
+                    Some(json!({ "deploy_id": deploy_id })),
+                ),
+                D::RecordReadFailed(_) => row(500, "deploy_record_read_failed", None),
+                D::Storage(s) => storage_row(500, s.code(), s),
+                D::Internal(_) => row(500, "algorithm_deploy_failed", None),
+            },
+            ApiError::Execution(e) => match e {
+                X::InputDatasetsNotFound {
+                    missing_dataset_ids,
+                } => row(
+                    404,
+                    "input_datasets_not_found",
+                    Some(json!({ "missing_dataset_ids": missing_dataset_ids })),
+                ),
+                X::AlgorithmNotFound { algorithm_id } => row(
+                    404,
+                    "algorithm_not_found",
+                    Some(json!({ "algorithm_id": algorithm_id })),
+                ),
+                X::RecordNotFound { execution_id } => row(
+                    404,
+                    "execution_record_not_found",
+                    Some(json!({ "execution_id": execution_id })),
+                ),
+                X::NotStoppable {
+                    execution_id,
+                    status,
+                } => row(
+                    400,
+                    "execution_not_stoppable",
+                    Some(json!({ "execution_id": execution_id, "status": status })),
+                ),
+                X::RecordReadFailed { .. } => row(500, "execution_record_read_failed", None),
+                X::StopRequestFailed { .. } => row(500, "stop_request_failed", None),
+                X::RecordsReadFailed(_) => row(500, "execution_records_read_failed", None),
+                X::RecordsDeleteFailed(_) => row(500, "execution_records_delete_failed", None),
+                X::RecordDeleteFailed(_) => row(500, "execution_record_delete_failed", None),
+            },
+            ApiError::Storage(s) => match s {
+                StorageError::InvalidKey { key, reason } => row(
+                    400,
+                    "invalid_object_name",
+                    Some(json!({ "object_name": key, "reason": reason })),
+                ),
+                StorageError::NotFound { key, .. } => {
+                    row(404, "not_found", Some(json!({ "key": key })))
+                }
+                other => storage_row(500, other.code(), other),
+            },
+            ApiError::Validation(_) => row(422, "request_validation_error", None),
+            ApiError::Http { status, .. } => row(*status, &format!("http_{status}"), None),
+            ApiError::Unavailable { actor } => ErrorRow {
+                status: 503,
+                code: "service_restarting".into(),
+                retryable: true,
+                details: Some(json!({ "service": actor })),
+            },
+            ApiError::Internal(_) => row(500, "internal_server_error", None),
+        }
+    }
+
+    /// The JSON body for this error (E1–E5).
+    pub fn body(&self) -> Value {
+        let row = self.row();
+        let detail = match self {
+            ApiError::Validation(items) => Value::Array(items.clone()),
+            _ if row.status >= 500 && row.status != 503 => Value::String(INTERNAL_DETAIL.into()),
+            _ => Value::String(self.to_string()),
+        };
+        let mut body = json!({ "detail": detail, "code": row.code, "retryable": row.retryable });
+        if let Some(details) = row.details {
+            if row.status < 500 || row.status == 503 {
+                body["details"] = details;
+            }
+        }
+        body
+    }
+}
+
+fn storage_row(status: u16, code: &str, s: &StorageError) -> ErrorRow {
+    ErrorRow {
+        status,
+        code: code.to_string(),
+        retryable: s.retryable(),
+        details: None,
+    }
+}
+
+impl From<actix::MailboxError> for ApiError {
+    fn from(_: actix::MailboxError) -> Self {
+        ApiError::Unavailable { actor: "actor" }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_errors_carry_message_and_details() {
+        let e = ApiError::from(FileError::NotFound {
+            file_id: "x".into(),
+        });
+        assert_eq!(e.row().status, 404);
+        assert_eq!(
+            e.body(),
+            json!({"detail": "File not found", "code": "file_not_found", "retryable": false, "details": {"file_id": "x"}})
+        );
+    }
+
+    #[test]
+    fn server_errors_hide_message() {
+        let e = ApiError::from(AlgorithmError::ReadFailed("disk on fire".into()));
+        assert_eq!(
+            e.body(),
+            json!({"detail": INTERNAL_DETAIL, "code": "algorithm_read_failed", "retryable": false})
+        );
+    }
+
+    #[test]
+    fn missing_inputs_join_ids_with_newlines() {
+        let e = ApiError::from(ExecutionError::InputDatasetsNotFound {
+            missing_dataset_ids: vec!["a".into(), "b".into()],
+        });
+        assert_eq!(
+            e.body()["detail"],
+            "Input datasets with the following identifiers not found: a\nb"
+        );
+    }
+}

@@ -1,0 +1,90 @@
+//! Applies the error table of [`crate::errors`] to HTTP responses, and the framework-level answers
+//! (unknown route, wrong method, trailing-slash redirect).
+
+use crate::errors::{ApiError, INTERNAL_DETAIL};
+use crate::storage::StorageError;
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        let status = if self.restarting() {
+            503
+        } else {
+            self.row().status
+        };
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        if self.restarting() {
+            return HttpResponse::build(status).json(serde_json::json!({
+                "detail": "The server is restarting an internal service; retry the request.",
+                "code": "service_restarting",
+                "retryable": true,
+            }));
+        }
+        if status.is_server_error() {
+            tracing::error!(error = %self, code = %self.row().code, "request failed");
+        }
+        HttpResponse::build(status).json(self.body())
+    }
+}
+
+impl ApiError {
+    /// True when the failure is an actor restart (answered 503, retryable).
+    fn restarting(&self) -> bool {
+        use crate::errors::{DeployError, FileError};
+        let storage = match self {
+            ApiError::Unavailable { .. } => return true,
+            ApiError::Storage(s) => Some(s),
+            ApiError::File(FileError::UploadFailed(s))
+            | ApiError::File(FileError::UploadUrlFailed(s))
+            | ApiError::File(FileError::DownloadUrlFailed(s))
+            | ApiError::File(FileError::DownloadFailed { source: s, .. })
+            | ApiError::File(FileError::DeleteFailed { source: s, .. })
+            | ApiError::Deploy(DeployError::Storage(s)) => Some(s),
+            _ => None,
+        };
+        matches!(storage, Some(StorageError::Unavailable { message, .. })
+            if message == crate::actors::storage_gateway::RESTARTING)
+    }
+}
+
+/// E4 404, or a 307 to the same path with the trailing slash toggled when that path exists.
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    let path = req.path();
+    let alternate = match path.strip_suffix('/') {
+        Some(p) if !p.is_empty() => p.to_string(),
+        _ => format!("{path}/"),
+    };
+    if super::routes::matches_any(&alternate) {
+        let location = match req.query_string() {
+            "" => alternate,
+            q => format!("{alternate}?{q}"),
+        };
+        return HttpResponse::TemporaryRedirect()
+            .insert_header(("location", location))
+            .finish();
+    }
+    ApiError::Http {
+        status: 404,
+        detail: "Not Found",
+    }
+    .error_response()
+}
+
+/// E4 405 for a known path with a method it does not serve.
+pub async fn method_not_allowed() -> HttpResponse {
+    ApiError::Http {
+        status: 405,
+        detail: "Method Not Allowed",
+    }
+    .error_response()
+}
+
+/// E5 for panics escaping a handler (should not happen; handlers return `ApiError`).
+pub fn internal_error_body() -> serde_json::Value {
+    serde_json::json!({ "detail": INTERNAL_DETAIL, "code": "internal_server_error", "retryable": false })
+}

@@ -1,0 +1,226 @@
+//! The HTTP layer: thin handlers that parse and validate, send one message to an actor, and map
+//! the reply. No storage call and no Python happens here.
+
+pub mod algorithms;
+pub mod cors;
+pub mod deploy;
+pub mod errors;
+pub mod executions;
+pub mod files;
+pub mod json_body;
+pub mod openapi;
+pub mod root;
+pub mod routes;
+
+use crate::actors::{
+    deployer::Deployer, executor_pool::ExecutorPool, storage_gateway::StorageGateway,
+};
+use crate::config::Settings;
+use crate::storage::filesystem::UrlSigner;
+use actix::Addr;
+use actix_web::body::MessageBody;
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::{web, App, HttpResponse};
+use futures_util::future::Either;
+use std::sync::Arc;
+
+/// Everything a handler may reach: actor addresses and immutable start-up facts.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub storage: Addr<StorageGateway>,
+    pub deployer: Addr<Deployer>,
+    pub pool: Addr<ExecutorPool>,
+    pub signer: UrlSigner,
+    /// GPU count from the one `nvidia-smi` probe at start-up.
+    pub gpu_count: Option<usize>,
+}
+
+/// Registers every route of [`routes::PATTERNS`] on `cfg`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    let na = || web::to(errors::method_not_allowed);
+    cfg.service(
+        web::resource("/")
+            .route(web::get().to(root::get_root))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/health")
+            .route(web::get().to(root::get_health))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/openapi.json")
+            .route(web::get().to(openapi::get_openapi))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/docs")
+            .route(web::get().to(openapi::get_docs))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/api/v0/algorithm/all")
+            .route(web::get().to(algorithms::list_algorithms))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/api/v0/algorithm/{algorithm_name}/{algorithm_major_version}")
+            .route(web::get().to(algorithms::get_algorithm))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/api/v0/algorithm/{algorithm_name}/{algorithm_major_version}/export")
+            .route(web::get().to(algorithms::export_algorithm))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/api/v0/deploy/local")
+            .route(web::post().to(deploy::deploy_local))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/api/v0/deploy/local-async")
+            .route(web::post().to(deploy::deploy_local_async))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/api/v0/deploy/algorithm/{algorithm_id}")
+            .route(web::delete().to(deploy::delete_algorithm))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/api/v0/deploy/{deploy_id}")
+            .route(web::get().to(deploy::get_deploy))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/api/v0/execute-algorithm")
+            .route(web::post().to(executions::execute_algorithm))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/api/v0/execute-algorithm/all")
+            .route(web::get().to(executions::list_executions))
+            .route(web::delete().to(executions::delete_all_executions))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/api/v0/execute-algorithm/{execution_id}")
+            .route(web::delete().to(executions::delete_execution))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/api/v0/executions/{id}")
+            .route(web::get().to(executions::get_execution))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/api/v0/executions/{id}/stop")
+            .route(web::post().to(executions::stop_execution))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/api/v0/files")
+            .route(web::post().to(files::upload_file))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/api/v0/files/{id}")
+            .route(web::get().to(files::download_file))
+            .route(web::delete().to(files::delete_file))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/api/v1/files/{object_name}/upload-url")
+            .route(web::get().to(files::get_upload_url))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/api/v1/files/{object_name}/download-url")
+            .route(web::get().to(files::get_download_url))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/api/v1/files/{object_name}")
+            .route(web::delete().to(files::delete_object))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/api/v1/presigned/{collection}/{key:.*}")
+            .route(web::get().to(files::presigned_download))
+            .route(web::put().to(files::presigned_upload))
+            .default_service(na()),
+    );
+    if crate::actors::faults_enabled() {
+        cfg.service(
+            web::resource("/_test/fault/{actor}").route(web::post().to(root::inject_fault)),
+        );
+    }
+}
+
+/// Builds the app for one HTTP worker thread.
+pub fn app(
+    state: AppState,
+) -> App<
+    impl actix_web::dev::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let cors = cors::Cors::new(state.settings.middleware.clone());
+    App::new()
+        .app_data(web::Data::new(state))
+        .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
+        .configure(configure)
+        .default_service(web::to(errors::not_found))
+        .wrap_fn(move |req, srv| {
+            let origin = req
+                .headers()
+                .get("origin")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let preflight = req.method() == actix_web::http::Method::OPTIONS
+                && origin.is_some()
+                && req.headers().contains_key("access-control-request-method");
+            if preflight {
+                let method = req
+                    .headers()
+                    .get("access-control-request-method")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                let requested = req
+                    .headers()
+                    .get("access-control-request-headers")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let resp = cors.preflight(
+                    origin.as_deref().unwrap_or(""),
+                    &method,
+                    requested.as_deref(),
+                );
+                let (http_req, _) = req.into_parts();
+                let res = ServiceResponse::new(http_req, resp).map_into_right_body();
+                return Either::Left(futures_util::future::ready(Ok(res)));
+            }
+            let has_cookie = req.headers().contains_key("cookie");
+            let cors = cors.clone();
+            let fut = srv.call(req);
+            Either::Right(async move {
+                let mut res = fut.await?;
+                if let Some(origin) = origin {
+                    cors.decorate(&origin, has_cookie, res.headers_mut());
+                }
+                Ok(res.map_into_left_body())
+            })
+        })
+}
+
+/// An empty 200 with the given JSON, the success shape of every endpoint.
+pub fn ok_json(v: serde_json::Value) -> HttpResponse {
+    HttpResponse::Ok().json(v)
+}

@@ -1,0 +1,264 @@
+//! The worker process (`compox worker`, hidden): embeds CPython through pyo3 and runs one
+//! execution at a time for its executor.
+//!
+//! 1. Keeps a private copy of fd 1 for protocol frames and points fd 1 at stderr, so nothing an
+//!    algorithm prints can corrupt the protocol; asks the kernel to kill it when the parent dies.
+//! 2. Reads `init`, opens the storage backend, starts Python in the configured environment,
+//!    answers `ready` with the interpreter's version and prefix.
+//! 3. For each `run`, calls `compox._worker.run_job(job, bridge)`; the bridge reads and writes
+//!    storage directly and sends record updates to the executor, which answers each with whether
+//!    a stop was requested. Then answers `done`.
+
+pub mod protocol;
+pub mod python_env;
+
+use crate::storage::{Backend, COLLECTIONS};
+use protocol::{FromWorker, StorageSpec, ToWorker};
+use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use std::fs::File;
+use std::io::Stdin;
+use std::os::fd::FromRawFd;
+use std::sync::{Arc, Mutex};
+
+struct Channel {
+    input: Stdin,
+    output: File,
+}
+
+impl Channel {
+    fn send(&mut self, msg: &FromWorker) -> std::io::Result<()> {
+        protocol::write_blocking(&mut self.output, msg)
+    }
+
+    fn recv(&mut self) -> std::io::Result<Option<ToWorker>> {
+        protocol::read_blocking(&mut self.input.lock())
+    }
+}
+
+/// What Python calls: storage access and record updates (`docs/worker-protocol.md` §2).
+#[pyclass]
+struct Bridge {
+    channel: Arc<Mutex<Channel>>,
+    backend: Arc<dyn Backend>,
+    runtime: Arc<tokio::runtime::Runtime>,
+}
+
+fn collection(name: &str) -> PyResult<&'static str> {
+    COLLECTIONS
+        .iter()
+        .find(|c| **c == name)
+        .copied()
+        .ok_or_else(|| PyValueError::new_err(format!("unknown collection {name:?}")))
+}
+
+fn storage_err(e: crate::storage::StorageError) -> PyErr {
+    if e.is_not_found() {
+        PyFileNotFoundError::new_err(e.to_string())
+    } else {
+        PyOSError::new_err(e.to_string())
+    }
+}
+
+#[pymethods]
+impl Bridge {
+    fn get_object<'py>(
+        &self,
+        py: Python<'py>,
+        collection_name: &str,
+        key: &str,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let c = collection(collection_name)?;
+        let (backend, rt) = (self.backend.clone(), self.runtime.clone());
+        let key = key.to_string();
+        let bytes = py
+            .allow_threads(move || rt.block_on(backend.get_bytes(c, &key)))
+            .map_err(storage_err)?;
+        Ok(PyBytes::new(py, &bytes))
+    }
+
+    fn put_object(
+        &self,
+        py: Python<'_>,
+        collection_name: &str,
+        key: &str,
+        data: &[u8],
+    ) -> PyResult<()> {
+        let c = collection(collection_name)?;
+        let (backend, rt) = (self.backend.clone(), self.runtime.clone());
+        let key = key.to_string();
+        let body = bytes::Bytes::copy_from_slice(data);
+        py.allow_threads(move || rt.block_on(backend.put_bytes(c, &key, body)))
+            .map_err(storage_err)
+    }
+
+    fn object_exists(&self, py: Python<'_>, collection_name: &str, key: &str) -> PyResult<bool> {
+        let c = collection(collection_name)?;
+        let (backend, rt) = (self.backend.clone(), self.runtime.clone());
+        let key = key.to_string();
+        py.allow_threads(move || rt.block_on(backend.exists(c, &key)))
+            .map_err(storage_err)
+    }
+
+    /// Sends the fields to the executor and returns whether a stop was requested.
+    fn update_record(&self, py: Python<'_>, fields: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let text: String = py
+            .import("json")?
+            .call_method1("dumps", (fields,))?
+            .extract()?;
+        let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
+            .map_err(|e| {
+                PyValueError::new_err(format!("record fields must be a JSON object: {e}"))
+            })?;
+        let channel = self.channel.clone();
+        let reply = py.allow_threads(move || {
+            let mut ch = channel
+                .lock()
+                .map_err(|_| std::io::Error::other("channel poisoned"))?;
+            ch.send(&FromWorker::Update { fields })?;
+            ch.recv()
+        });
+        match reply {
+            Ok(Some(ToWorker::UpdateAck { error: Some(e), .. })) => Err(PyOSError::new_err(e)),
+            Ok(Some(ToWorker::UpdateAck { stop, .. })) => Ok(stop),
+            Ok(other) => Err(PyOSError::new_err(format!(
+                "unexpected reply from the executor: {other:?}"
+            ))),
+            Err(e) => Err(PyOSError::new_err(format!("executor channel failed: {e}"))),
+        }
+    }
+}
+
+/// Entry point of `compox worker`.
+pub fn run(index: usize) -> anyhow::Result<()> {
+    // SAFETY: plain descriptor juggling before any other thread exists.
+    let output = unsafe {
+        let fd = libc::dup(1);
+        anyhow::ensure!(fd >= 0, "cannot duplicate stdout");
+        libc::dup2(2, 1);
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        File::from_raw_fd(fd)
+    };
+    let channel = Arc::new(Mutex::new(Channel {
+        input: std::io::stdin(),
+        output,
+    }));
+    let init = channel
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .recv()?;
+    let Some(ToWorker::Init { storage, .. }) = init else {
+        anyhow::bail!("worker {index}: expected an init frame");
+    };
+    let runtime = Arc::new(
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+    );
+    let backend = open_backend(&storage)?;
+    let env = python_env::resolve_env(std::env::var("COMPOX_PYTHON_ENV").ok().as_deref());
+    let info = match python_env::init(env.as_deref()) {
+        Ok(info) => info,
+        Err(e) => {
+            let message = format!("cannot start Python: {e}");
+            let _ = channel.lock().map(|mut c| {
+                c.send(&FromWorker::Fatal {
+                    message: message.clone(),
+                })
+            });
+            anyhow::bail!(message);
+        }
+    };
+    channel
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .send(&FromWorker::Ready {
+            python_version: info.version,
+            python_prefix: info.prefix,
+            python_executable: info.executable,
+            pid: std::process::id(),
+        })?;
+    let bridge = Python::with_gil(|py| {
+        Py::new(
+            py,
+            Bridge {
+                channel: channel.clone(),
+                backend,
+                runtime,
+            },
+        )
+    })?;
+    loop {
+        let frame = channel
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .recv()?;
+        match frame {
+            None | Some(ToWorker::Shutdown) => return Ok(()),
+            Some(ToWorker::Run { job }) => {
+                let job_text = job.to_string();
+                Python::with_gil(|py| -> PyResult<()> {
+                    let job = py.import("json")?.call_method1("loads", (job_text,))?;
+                    py.import("compox._worker")?
+                        .call_method1("run_job", (job, bridge.clone_ref(py)))?;
+                    Ok(())
+                })
+                .unwrap_or_else(|e| eprintln!("worker {index}: run_job raised: {e}"));
+                channel
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .send(&FromWorker::Done)?;
+            }
+            Some(other) => eprintln!("worker {index}: ignoring unexpected frame {other:?}"),
+        }
+    }
+}
+
+/// The same backend the server uses, opened from the spec the executor sent.
+pub fn open_backend(spec: &StorageSpec) -> anyhow::Result<Arc<dyn Backend>> {
+    use crate::config::BackendSettings;
+    match &spec.backend {
+        BackendSettings::Filesystem(f) => Ok(Arc::new(
+            crate::storage::filesystem::FilesystemBackend::new(
+                crate::config::absolute(std::path::Path::new(&f.storage_path)),
+                spec.collection_prefix.clone(),
+                crate::storage::filesystem::UrlSigner::new(String::new()),
+            ),
+        )),
+        // FIXME(S3/MinIO backend not written yet, issue 5): workers support the filesystem store only.
+        other => anyhow::bail!("storage provider {other:?} is not supported yet"),
+    }
+}
+
+/// `compox python-tool deploy-module PKG --obfuscate B --pyc-only B`: the Python steps of a module
+/// build, in the workers' interpreter. Prints one JSON line.
+pub fn run_deploy_tool(package: &str, obfuscate: bool, pyc_only: bool) -> i32 {
+    let env = python_env::resolve_env(std::env::var("COMPOX_PYTHON_ENV").ok().as_deref());
+    let result = python_env::init(env.as_deref()).and_then(|_| {
+        Python::with_gil(|py| -> PyResult<String> {
+            let out = py
+                .import("compox._deploy_tools")?
+                .call_method1("process_package", (package, obfuscate, pyc_only))?;
+            py.import("json")?.call_method1("dumps", (out,))?.extract()
+        })
+    });
+    match result {
+        Ok(json) => {
+            println!("{json}");
+            0
+        }
+        Err(e) => {
+            let text = Python::with_gil(|py| {
+                let ty = e
+                    .get_type(py)
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|_| "Error".into());
+                format!("{ty}: {}", e.value(py))
+            });
+            println!("{}", serde_json::json!({ "error": text }));
+            1
+        }
+    }
+}
