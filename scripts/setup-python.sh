@@ -7,7 +7,6 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install --quiet --disable-pip-version-check \
   "numpy<3" "h5py>=3.8" "pydantic>=2,<3" "scikit-image>=0.22" "python-minifier>=2.9" \
   "pytest>=7" "pydicom>=2.4"

@@ -109,6 +109,14 @@ impl Cors {
         resp
     }
 
+    /// Responses depend on `Origin` unless every origin gets the same answer (the original sends
+    /// `Vary: Origin` on every response).
+    pub fn vary(&self, headers: &mut actix_web::http::header::HeaderMap) {
+        if !(self.any_origin() && !self.s.allow_credentials) {
+            append_vary(headers);
+        }
+    }
+
     /// Adds headers to the response of an actual request that carried `Origin`.
     pub fn decorate(
         &self,

@@ -212,8 +212,9 @@ pub fn app(
             let fut = srv.call(req);
             Either::Right(async move {
                 let mut res = fut.await?;
-                if let Some(origin) = origin {
-                    cors.decorate(&origin, has_cookie, res.headers_mut());
+                match origin {
+                    Some(origin) => cors.decorate(&origin, has_cookie, res.headers_mut()),
+                    None => cors.vary(res.headers_mut()),
                 }
                 Ok(res.map_into_left_body())
             })

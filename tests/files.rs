@@ -1,0 +1,250 @@
+//! The file API (`rest-api.md` F1–F3, V1–V3), routing behaviour (§1.7), CORS (§3), and the
+//! supervision of the storage gateway, against the real server.
+
+mod common;
+
+use common::{assert_golden, Server, ServerOptions};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::time::Duration;
+
+fn objects_in(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn root_matches_the_original() {
+    let s = Server::start_with(ServerOptions { wait_ready: false, ..Default::default() });
+    let (status, body) = s.get("/").await;
+    assert_golden("root_get", status, &body);
+}
+
+#[tokio::test]
+async fn upload_download_delete_round_trip_with_golden_bodies() {
+    let s = Server::start_with(ServerOptions { wait_ready: false, ..Default::default() });
+    let path = common::images().join("coins.h5");
+    let bytes = std::fs::read(&path).unwrap();
+    let r = s.client.post(s.url("/api/v0/files")).header("content-type", "application/octet-stream").body(bytes.clone()).send().await.unwrap();
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap();
+    assert_golden("file_upload_post_uint8_512_octet", status, &body);
+    let id = body["file_id"].as_str().unwrap().to_string();
+    assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 1, "file ids are UUIDv1");
+
+    let r = s.client.get(s.url(&format!("/api/v0/files/{id}"))).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-type"], "application/octet-stream");
+    assert!(r.headers().get("content-length").is_none(), "download is chunked like the original");
+    assert_eq!(r.bytes().await.unwrap().to_vec(), bytes);
+
+    let (status, body) = s.delete(&format!("/api/v0/files/{id}")).await;
+    assert_golden("file_delete", status, &body);
+    let (status, body) = s.delete(&format!("/api/v0/files/{id}")).await;
+    assert_golden("err_file_delete_unknown", status, &body);
+    let (status, body) = s.get("/api/v0/files/00000000-0000-0000-0000-000000000000").await;
+    assert_golden("err_file_download_unknown", status, &body);
+}
+
+#[tokio::test]
+async fn non_hdf5_and_empty_bodies_are_422_and_nothing_is_stored() {
+    let s = Server::start_with(ServerOptions { wait_ready: false, ..Default::default() });
+    for (golden, body) in [("err_file_upload_not_hdf5", "this is not an hdf5 file\n"), ("err_file_upload_empty_body", "")] {
+        let r = s.client.post(s.url("/api/v0/files")).body(body).send().await.unwrap();
+        let status = r.status().as_u16();
+        assert_golden(golden, status, &r.json().await.unwrap());
+    }
+    // A truncated HDF5 file (its superblock claims more bytes than arrived) is not valid either.
+    let bytes = std::fs::read(common::images().join("coins.h5")).unwrap();
+    let r = s.client.post(s.url("/api/v0/files")).body(bytes[..bytes.len() / 2].to_vec()).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    assert!(objects_in(&s.store().join("data-store")).is_empty());
+    assert!(objects_in(&s.store().join(".tmp")).is_empty());
+}
+
+#[tokio::test]
+async fn dropped_connection_mid_upload_leaves_nothing_stored() {
+    let s = Server::start_with(ServerOptions { wait_ready: false, ..Default::default() });
+    let head = std::fs::read(common::images().join("coins.h5")).unwrap();
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    write!(sock, "POST /api/v0/files HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", head.len() * 4).unwrap();
+    sock.write_all(&head).unwrap();
+    sock.flush().unwrap();
+    drop(sock);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(objects_in(&s.store().join("data-store")).is_empty());
+    assert!(objects_in(&s.store().join(".tmp")).is_empty(), "staging file left behind");
+    // The server still serves.
+    assert_eq!(s.get("/").await.0, 200);
+}
+
+/// A synthetic HDF5-signed body of `total` bytes: a version-0 superblock claiming `total` bytes,
+/// then pseudo-random data.
+fn synthetic_hdf5(total: u64) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    let mut sb = b"\x89HDF\r\n\x1a\n".to_vec();
+    sb.extend_from_slice(&[0, 0, 0, 0, 0, 8, 8, 0, 4, 0, 16, 0, 0, 0, 0, 0]);
+    sb.extend_from_slice(&0u64.to_le_bytes());
+    sb.extend_from_slice(&u64::MAX.to_le_bytes());
+    sb.extend_from_slice(&total.to_le_bytes());
+    sb.extend_from_slice(&u64::MAX.to_le_bytes());
+    const CHUNK: u64 = 1 << 20;
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    futures_util::stream::iter(0..total.div_ceil(CHUNK)).map(move |i| {
+        let len = CHUNK.min(total - i * CHUNK) as usize;
+        let mut buf = vec![0u8; len];
+        for word in buf.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let b = state.to_le_bytes();
+            word.copy_from_slice(&b[..word.len()]);
+        }
+        if i == 0 {
+            buf[..sb.len()].copy_from_slice(&sb);
+        }
+        Ok(buf)
+    })
+}
+
+#[tokio::test]
+async fn two_gib_upload_and_download_are_byte_identical() {
+    let s = Server::start_with(ServerOptions { wait_ready: false, ..Default::default() });
+    let total: u64 = 2 << 30;
+    let stream = synthetic_hdf5(total);
+    let hasher = std::sync::Arc::new(std::sync::Mutex::new(Sha256::new()));
+    let h = hasher.clone();
+    let stream = stream.map(move |c| {
+        if let Ok(bytes) = &c {
+            h.lock().unwrap().update(bytes);
+        }
+        c
+    });
+    let r = s.client.post(s.url("/api/v0/files")).body(reqwest::Body::wrap_stream(stream)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", s.log_text());
+    let id = r.json::<Value>().await.unwrap()["file_id"].as_str().unwrap().to_string();
+    let sent_digest = hasher.lock().unwrap().clone().finalize();
+
+    let r = s.client.get(s.url(&format!("/api/v0/files/{id}"))).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let mut got = Sha256::new();
+    let mut n = 0u64;
+    let mut stream = r.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        n += chunk.len() as u64;
+        got.update(&chunk);
+    }
+    assert_eq!(n, total);
+    assert_eq!(got.finalize(), sent_digest);
+    let stored = std::fs::metadata(s.store().join("data-store").join(&id)).unwrap().len();
+    assert_eq!(stored, total);
+}
+
+#[tokio::test]
+async fn presigned_urls_work_with_plain_http_and_check_names() {
+    let s = Server::start_with(ServerOptions { wait_ready: false, ..Default::default() });
+    let (status, v) = s.get("/api/v1/files/my-object.h5/upload-url").await;
+    assert_eq!(status, 200, "{v}");
+    let put_url = v["url"].as_str().unwrap().to_string();
+    let r = s.client.put(&put_url).body("raw bytes, not checked").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // The signature covers method and key.
+    assert_eq!(s.client.get(&put_url.replace("method=PUT", "method=GET")).send().await.unwrap().status().as_u16(), 403);
+    let (status, v) = s.get("/api/v1/files/my-object.h5/download-url").await;
+    assert_eq!(status, 200);
+    let body = s.client.get(v["url"].as_str().unwrap()).send().await.unwrap().text().await.unwrap();
+    assert_eq!(body, "raw bytes, not checked");
+    let (status, body) = s.get("/api/v1/files/no-such-object/download-url").await;
+    assert_golden("err_v1_download_url_get_unknown", status, &body);
+    let (status, body) = s.get("/api/v1/files/..%2Fescape/upload-url").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "invalid_object_name");
+    let (status, body) = s.delete("/api/v1/files/my-object.h5").await;
+    assert_eq!((status, body), (200, json!({"detail": "File deleted successfully"})));
+    let (status, body) = s.delete("/api/v1/files/my-object.h5").await;
+    assert_eq!(status, 404);
+    assert_eq!(body["details"], json!({"object_name": "my-object.h5"}));
+}
+
+#[tokio::test]
+async fn routing_errors_have_the_framework_shapes() {
+    let s = Server::start_with(ServerOptions { wait_ready: false, ..Default::default() });
+    let (status, body) = s.get("/api/v0/nope").await;
+    assert_eq!((status, body), (404, json!({"detail": "Not Found", "code": "http_404", "retryable": false})));
+    let (status, body) = s.delete("/").await;
+    assert_eq!((status, body), (405, json!({"detail": "Method Not Allowed", "code": "http_405", "retryable": false})));
+    let r = s.client.head(s.url("/")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 405, "HEAD is not served for GET routes");
+    let no_redirect = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r = no_redirect.post(s.url("/api/v0/files/?x=1")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 307);
+    assert_eq!(r.headers()["location"], "/api/v0/files?x=1");
+    assert_eq!(s.get("/openapi.json").await.1["openapi"], "3.1.0");
+    let docs = s.client.get(s.url("/docs")).send().await.unwrap().text().await.unwrap();
+    assert!(docs.contains("/openapi.json"));
+}
+
+#[tokio::test]
+async fn cors_follows_the_middleware_settings() {
+    let yaml = "middleware:\n  allow_origins: ['http://viewer.local']\n  allow_methods: ['GET', 'POST']\n  expose_headers: ['x-a']\n".to_string();
+    let s = Server::start_with(ServerOptions { yaml, wait_ready: false, ..Default::default() });
+    let pre = |origin: &'static str, method: &'static str| {
+        s.client
+            .request(reqwest::Method::OPTIONS, s.url("/api/v0/files"))
+            .header("origin", origin)
+            .header("access-control-request-method", method)
+            .send()
+    };
+    let r = pre("http://viewer.local", "POST").await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["access-control-allow-origin"], "http://viewer.local");
+    assert_eq!(r.headers()["access-control-allow-methods"], "GET, POST");
+    assert_eq!(r.text().await.unwrap(), "OK");
+    let r = pre("http://evil.local", "DELETE").await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(r.text().await.unwrap(), "Disallowed CORS origin, method");
+    let r = s.client.get(s.url("/")).header("origin", "http://viewer.local").send().await.unwrap();
+    assert_eq!(r.headers()["access-control-allow-origin"], "http://viewer.local");
+    assert_eq!(r.headers()["access-control-expose-headers"], "x-a");
+    let r = s.client.get(s.url("/")).header("origin", "http://evil.local").send().await.unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn a_panicking_storage_gateway_answers_503_and_restarts() {
+    let s = Server::start_with(ServerOptions { wait_ready: false, ..Default::default() });
+    let id = s.upload(&common::images().join("coins.h5")).await;
+    assert_eq!(s.post("/_test/fault/storage_gateway").await.0, 200);
+    let (status, body) = s.get(&format!("/api/v1/files/{id}/download-url")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "service_restarting");
+    assert_eq!(body["retryable"], true);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(s.download(&id).await, std::fs::read(common::images().join("coins.h5")).unwrap());
+    assert!(s.log_text().contains("storage_gateway"), "panic logged with the actor name");
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly() {
+    let mut s = Server::start_with(ServerOptions { wait_ready: true, ..Default::default() });
+    let worker_pid = {
+        let out = std::process::Command::new("curl").args(["-s", &s.url("/health")]).output().unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["workers"][0]["pid"].as_u64().unwrap()
+    };
+    s.terminate();
+    let status = s.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", s.log_text());
+    std::thread::sleep(Duration::from_millis(300));
+    let mut stat = String::new();
+    let alive = std::fs::File::open(format!("/proc/{worker_pid}/stat")).and_then(|mut f| f.read_to_string(&mut stat)).is_ok() && !stat.contains(") Z ");
+    assert!(!alive, "worker {worker_pid} outlived the server");
+}
