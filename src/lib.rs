@@ -2,6 +2,7 @@
 //! results, wire-compatible with Compox 3.2.0. See `docs/architecture.md`.
 
 pub mod actors;
+pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod deploy;

@@ -2,10 +2,12 @@
 //! the workers.
 //!
 //! Start-up order (`platform.md` §3.1, §4.2): GPU probe (once), storage gateway and collections,
-//! emergency store purge, deployer (loads its index), stop registry, executor pool (starts the
-//! workers), HTTP. The HTTP port answers `GET /` before the workers are ready; `/health` tells
+//! emergency store purge, deployer (loads its index), bundle importer and the start-up bundle
+//! import (§3.5; a failure stops here, before any worker exists), stop registry, executor pool
+//! (starts the workers), HTTP. The HTTP port answers `GET /` before the workers are ready; `/health` tells
 //! when they are.
 
+use crate::actors::bundle_importer::{BundleImporter, RunStartupImport, StartupOutcome};
 use crate::actors::deployer::{Deployer, DeployerConfig};
 use crate::actors::emergency_writer::{EmergencyWriter, PurgeEmergencyRecords};
 use crate::actors::executor::WorkerSpec;
@@ -29,19 +31,44 @@ pub struct Core {
     pub storage: Addr<StorageGateway>,
     pub emergency: Addr<EmergencyWriter>,
     pub deployer: Addr<Deployer>,
+    pub importer: Addr<BundleImporter>,
+    /// What the start-up bundle import did (`platform.md` §5.6).
+    pub startup_import: StartupOutcome,
     pub signer: UrlSigner,
 }
 
-/// Storage gateway, collections, emergency store, deployer: everything but executions and HTTP.
+/// Storage gateway, collections, emergency store, deployer, start-up bundle import: everything
+/// but executions and HTTP.
 pub async fn start_core(
     settings: &Settings,
     base_url: String,
     purge: bool,
 ) -> anyhow::Result<Core> {
-    let signer = UrlSigner::new(base_url);
-    let factory = backend_factory(settings, signer.clone())?;
+    start_core_with(settings, base_url, purge, None).await
+}
+
+/// The storage gateway alone, for commands that only read storage (`build-algorithm-bundle`
+/// creates no collections).
+pub fn start_storage_gateway(
+    settings: &Settings,
+    signer: UrlSigner,
+) -> anyhow::Result<Addr<StorageGateway>> {
+    let factory = backend_factory(settings, signer)?;
     let rules = ExpiryRules::from_settings(&settings.storage);
-    let storage = Supervisor::start(move |_| StorageGateway::new(factory, rules));
+    Ok(Supervisor::start(move |_| {
+        StorageGateway::new(factory, rules)
+    }))
+}
+
+/// [`start_core`] with a progress callback for the bundle import.
+pub async fn start_core_with(
+    settings: &Settings,
+    base_url: String,
+    purge: bool,
+    import_progress: Option<crate::bundle::build::Progress>,
+) -> anyhow::Result<Core> {
+    let signer = UrlSigner::new(base_url);
+    let storage = start_storage_gateway(settings, signer.clone())?;
     let created = flatten(
         storage
             .send(EnsureCollections {
@@ -63,7 +90,9 @@ pub async fn start_core(
     }
     let config = DeployerConfig {
         python_tool: PythonTool {
-            exe: std::env::current_exe().context("cannot find the compox executable")?,
+            exe: crate::actors::executor::worker_exe(
+                &std::env::current_exe().context("cannot find the compox executable")?,
+            ),
             python_env: crate::worker::python_env::resolve_env(
                 settings.inference.python_env.as_deref(),
             )
@@ -81,10 +110,28 @@ pub async fn start_core(
     };
     let (s, e) = (storage.clone(), emergency.clone());
     let deployer = Supervisor::start(move |_| Deployer::new(s, e, config));
+    let (s, d) = (storage.clone(), deployer.clone());
+    let importer = Supervisor::start(move |_| BundleImporter::new(s, d));
+    let startup_import = importer
+        .send(RunStartupImport {
+            path: settings.storage.builtin_storage_bundle_path.clone(),
+            key: settings.storage.builtin_storage_bundle_key.clone(),
+            progress: import_progress,
+        })
+        .await
+        .context("the bundle importer stopped")?
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "importing the algorithm bundle failed ({}); what it wrote was rolled back: {e}",
+                e.code()
+            )
+        })?;
     Ok(Core {
         storage,
         emergency,
         deployer,
+        importer,
+        startup_import,
         signer,
     })
 }

@@ -14,9 +14,18 @@ fn compox() -> Command {
 }
 
 /// Starts `compox run` with `args` in `dir`, waits for `GET /` on `port`; returns the child.
-fn run_until_up(dir: &std::path::Path, args: &[String], env: &[(&str, String)], port: u16) -> std::process::Child {
+fn run_until_up(
+    dir: &std::path::Path,
+    args: &[String],
+    env: &[(&str, String)],
+    port: u16,
+) -> std::process::Child {
     let mut cmd = compox();
-    cmd.arg("run").args(args).current_dir(dir).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.arg("run")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -32,6 +41,7 @@ fn run_until_up(dir: &std::path::Path, args: &[String], env: &[(&str, String)], 
         std::thread::sleep(Duration::from_millis(30));
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("server never listened on {port}");
 }
 
@@ -49,11 +59,19 @@ fn help_and_usage_exit_codes() {
     let out = compox().arg("--help").output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("run") && text.contains("deploy-algorithms") && text.contains("generate-config"));
+    assert!(
+        text.contains("run")
+            && text.contains("deploy-algorithms")
+            && text.contains("generate-config")
+    );
     assert!(!text.contains("worker"), "the worker subcommand is hidden");
     assert_eq!(compox().output().unwrap().status.code(), Some(2));
     let out = compox().args(["run", "--prot", "1"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "unknown option is a usage error");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "unknown option is a usage error"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("--prot"));
 }
 
@@ -62,7 +80,11 @@ fn unknown_yaml_key_names_the_key_and_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.yaml");
     std::fs::write(&cfg, "storage:\n  colection_prefix: x\n").unwrap();
-    let out = compox().args(["run", "--config"]).arg(&cfg).output().unwrap();
+    let out = compox()
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("storage.colection_prefix"), "{err}");
@@ -72,11 +94,20 @@ fn unknown_yaml_key_names_the_key_and_the_file() {
 #[test]
 fn cli_beats_yaml_beats_environment() {
     let dir = tempfile::tempdir().unwrap();
-    let (p_cli, p_yaml, p_env) = (common::free_port(), common::free_port(), common::free_port());
+    let (p_cli, p_yaml, p_env) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
     let cfg = dir.path().join("c.yaml");
     std::fs::write(&cfg, format!("port: {p_yaml}\n{}", base_yaml(dir.path()))).unwrap();
     let env = [("COMPOX_PORT", p_env.to_string())];
-    let args = vec!["--config".into(), cfg.display().to_string(), "--port".into(), p_cli.to_string()];
+    let args = vec![
+        "--config".into(),
+        cfg.display().to_string(),
+        "--port".into(),
+        p_cli.to_string(),
+    ];
     let mut c = run_until_up(dir.path(), &args, &env, p_cli);
     c.kill().unwrap();
     c.wait().unwrap();
@@ -103,23 +134,53 @@ fn generate_config_output_is_accepted_by_run() {
     let out = compox()
         .args(["generate-config", "--path"])
         .arg(&path)
-        .args(["--port", &port.to_string(), "--storage.backend_settings.provider", "filesystem", "--storage.backend_settings.storage_path"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--storage.backend_settings.provider",
+            "filesystem",
+            "--storage.backend_settings.storage_path",
+        ])
         .arg(dir.path().join("store"))
         .args(["--inference.device", "cpu", "--log_path"])
         .arg(dir.path().join("log/compox.log"))
         .current_dir(dir.path())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("Generating configuration file at"), "{stdout}");
+    assert!(
+        stdout.contains("Generating configuration file at"),
+        "{stdout}"
+    );
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains(&format!("port: {port}")) && text.contains("provider: filesystem") && text.contains("\n# "));
+    assert!(
+        text.contains(&format!("port: {port}"))
+            && text.contains("provider: filesystem")
+            && text.contains("\n# ")
+    );
     // Existing file, --no-overwrite: untouched.
-    let out = compox().args(["generate-config", "--no-overwrite", "--path"]).arg(&path).output().unwrap();
+    let out = compox()
+        .args(["generate-config", "--no-overwrite", "--path"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("Keeping existing file"));
     assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
-    let mut c = run_until_up(dir.path(), &["--config".into(), path.display().to_string()], &[("COMPOX_INFERENCE__PYTHON_ENV", common::venv().display().to_string())], port);
+    let mut c = run_until_up(
+        dir.path(),
+        &["--config".into(), path.display().to_string()],
+        &[(
+            "COMPOX_INFERENCE__PYTHON_ENV",
+            common::venv().display().to_string(),
+        )],
+        port,
+    );
     c.kill().unwrap();
     c.wait().unwrap();
 }

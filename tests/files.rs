@@ -23,48 +23,93 @@ fn objects_in(dir: &std::path::Path) -> Vec<String> {
 
 #[tokio::test]
 async fn root_matches_the_original() {
-    let s = Server::start_with(ServerOptions { wait_ready: false, ..Default::default() });
+    let s = Server::start_with(ServerOptions {
+        wait_ready: false,
+        ..Default::default()
+    });
     let (status, body) = s.get("/").await;
     assert_golden("root_get", status, &body);
 }
 
 #[tokio::test]
 async fn upload_download_delete_round_trip_with_golden_bodies() {
-    let s = Server::start_with(ServerOptions { wait_ready: false, ..Default::default() });
+    let s = Server::start_with(ServerOptions {
+        wait_ready: false,
+        ..Default::default()
+    });
     let path = common::images().join("coins.h5");
     let bytes = std::fs::read(&path).unwrap();
-    let r = s.client.post(s.url("/api/v0/files")).header("content-type", "application/octet-stream").body(bytes.clone()).send().await.unwrap();
+    let r = s
+        .client
+        .post(s.url("/api/v0/files"))
+        .header("content-type", "application/octet-stream")
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
     let status = r.status().as_u16();
     let body: Value = r.json().await.unwrap();
     assert_golden("file_upload_post_uint8_512_octet", status, &body);
     let id = body["file_id"].as_str().unwrap().to_string();
-    assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 1, "file ids are UUIDv1");
+    assert_eq!(
+        uuid::Uuid::parse_str(&id).unwrap().get_version_num(),
+        1,
+        "file ids are UUIDv1"
+    );
 
-    let r = s.client.get(s.url(&format!("/api/v0/files/{id}"))).send().await.unwrap();
+    let r = s
+        .client
+        .get(s.url(&format!("/api/v0/files/{id}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.headers()["content-type"], "application/octet-stream");
-    assert!(r.headers().get("content-length").is_none(), "download is chunked like the original");
+    assert!(
+        r.headers().get("content-length").is_none(),
+        "download is chunked like the original"
+    );
     assert_eq!(r.bytes().await.unwrap().to_vec(), bytes);
 
     let (status, body) = s.delete(&format!("/api/v0/files/{id}")).await;
     assert_golden("file_delete", status, &body);
     let (status, body) = s.delete(&format!("/api/v0/files/{id}")).await;
     assert_golden("err_file_delete_unknown", status, &body);
-    let (status, body) = s.get("/api/v0/files/00000000-0000-0000-0000-000000000000").await;
+    let (status, body) = s
+        .get("/api/v0/files/00000000-0000-0000-0000-000000000000")
+        .await;
     assert_golden("err_file_download_unknown", status, &body);
 }
 
 #[tokio::test]
 async fn non_hdf5_and_empty_bodies_are_422_and_nothing_is_stored() {
-    let s = Server::start_with(ServerOptions { wait_ready: false, ..Default::default() });
-    for (golden, body) in [("err_file_upload_not_hdf5", "this is not an hdf5 file\n"), ("err_file_upload_empty_body", "")] {
-        let r = s.client.post(s.url("/api/v0/files")).body(body).send().await.unwrap();
+    let s = Server::start_with(ServerOptions {
+        wait_ready: false,
+        ..Default::default()
+    });
+    for (golden, body) in [
+        ("err_file_upload_not_hdf5", "this is not an hdf5 file\n"),
+        ("err_file_upload_empty_body", ""),
+    ] {
+        let r = s
+            .client
+            .post(s.url("/api/v0/files"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         assert_golden(golden, status, &r.json().await.unwrap());
     }
     // A truncated HDF5 file (its superblock claims more bytes than arrived) is not valid either.
     let bytes = std::fs::read(common::images().join("coins.h5")).unwrap();
-    let r = s.client.post(s.url("/api/v0/files")).body(bytes[..bytes.len() / 2].to_vec()).send().await.unwrap();
+    let r = s
+        .client
+        .post(s.url("/api/v0/files"))
+        .body(bytes[..bytes.len() / 2].to_vec())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 422);
     assert!(objects_in(&s.store().join("data-store")).is_empty());
     assert!(objects_in(&s.store().join(".tmp")).is_empty());
@@ -72,16 +117,27 @@ async fn non_hdf5_and_empty_bodies_are_422_and_nothing_is_stored() {
 
 #[tokio::test]
 async fn dropped_connection_mid_upload_leaves_nothing_stored() {
-    let s = Server::start_with(ServerOptions { wait_ready: false, ..Default::default() });
+    let s = Server::start_with(ServerOptions {
+        wait_ready: false,
+        ..Default::default()
+    });
     let head = std::fs::read(common::images().join("coins.h5")).unwrap();
     let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-    write!(sock, "POST /api/v0/files HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", head.len() * 4).unwrap();
+    write!(
+        sock,
+        "POST /api/v0/files HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        head.len() * 4
+    )
+    .unwrap();
     sock.write_all(&head).unwrap();
     sock.flush().unwrap();
     drop(sock);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(objects_in(&s.store().join("data-store")).is_empty());
-    assert!(objects_in(&s.store().join(".tmp")).is_empty(), "staging file left behind");
+    assert!(
+        objects_in(&s.store().join(".tmp")).is_empty(),
+        "staging file left behind"
+    );
     // The server still serves.
     assert_eq!(s.get("/").await.0, 200);
 }
@@ -116,7 +172,10 @@ fn synthetic_hdf5(total: u64) -> impl futures_util::Stream<Item = Result<Vec<u8>
 
 #[tokio::test]
 async fn two_gib_upload_and_download_are_byte_identical() {
-    let s = Server::start_with(ServerOptions { wait_ready: false, ..Default::default() });
+    let s = Server::start_with(ServerOptions {
+        wait_ready: false,
+        ..Default::default()
+    });
     let total: u64 = 2 << 30;
     let stream = synthetic_hdf5(total);
     let hasher = std::sync::Arc::new(std::sync::Mutex::new(Sha256::new()));
@@ -127,12 +186,26 @@ async fn two_gib_upload_and_download_are_byte_identical() {
         }
         c
     });
-    let r = s.client.post(s.url("/api/v0/files")).body(reqwest::Body::wrap_stream(stream)).send().await.unwrap();
+    let r = s
+        .client
+        .post(s.url("/api/v0/files"))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200, "{}", s.log_text());
-    let id = r.json::<Value>().await.unwrap()["file_id"].as_str().unwrap().to_string();
+    let id = r.json::<Value>().await.unwrap()["file_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let sent_digest = hasher.lock().unwrap().clone().finalize();
 
-    let r = s.client.get(s.url(&format!("/api/v0/files/{id}"))).send().await.unwrap();
+    let r = s
+        .client
+        .get(s.url(&format!("/api/v0/files/{id}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let mut got = Sha256::new();
     let mut n = 0u64;
@@ -144,23 +217,51 @@ async fn two_gib_upload_and_download_are_byte_identical() {
     }
     assert_eq!(n, total);
     assert_eq!(got.finalize(), sent_digest);
-    let stored = std::fs::metadata(s.store().join("data-store").join(&id)).unwrap().len();
+    let stored = std::fs::metadata(s.store().join("data-store").join(&id))
+        .unwrap()
+        .len();
     assert_eq!(stored, total);
 }
 
 #[tokio::test]
 async fn presigned_urls_work_with_plain_http_and_check_names() {
-    let s = Server::start_with(ServerOptions { wait_ready: false, ..Default::default() });
+    let s = Server::start_with(ServerOptions {
+        wait_ready: false,
+        ..Default::default()
+    });
     let (status, v) = s.get("/api/v1/files/my-object.h5/upload-url").await;
     assert_eq!(status, 200, "{v}");
     let put_url = v["url"].as_str().unwrap().to_string();
-    let r = s.client.put(&put_url).body("raw bytes, not checked").send().await.unwrap();
+    let r = s
+        .client
+        .put(&put_url)
+        .body("raw bytes, not checked")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     // The signature covers method and key.
-    assert_eq!(s.client.get(&put_url.replace("method=PUT", "method=GET")).send().await.unwrap().status().as_u16(), 403);
+    assert_eq!(
+        s.client
+            .get(&put_url.replace("method=PUT", "method=GET"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        403
+    );
     let (status, v) = s.get("/api/v1/files/my-object.h5/download-url").await;
     assert_eq!(status, 200);
-    let body = s.client.get(v["url"].as_str().unwrap()).send().await.unwrap().text().await.unwrap();
+    let body = s
+        .client
+        .get(v["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(body, "raw bytes, not checked");
     let (status, body) = s.get("/api/v1/files/no-such-object/download-url").await;
     assert_golden("err_v1_download_url_get_unknown", status, &body);
@@ -168,7 +269,10 @@ async fn presigned_urls_work_with_plain_http_and_check_names() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["code"], "invalid_object_name");
     let (status, body) = s.delete("/api/v1/files/my-object.h5").await;
-    assert_eq!((status, body), (200, json!({"detail": "File deleted successfully"})));
+    assert_eq!(
+        (status, body),
+        (200, json!({"detail": "File deleted successfully"}))
+    );
     let (status, body) = s.delete("/api/v1/files/my-object.h5").await;
     assert_eq!(status, 404);
     assert_eq!(body["details"], json!({"object_name": "my-object.h5"}));
@@ -176,26 +280,64 @@ async fn presigned_urls_work_with_plain_http_and_check_names() {
 
 #[tokio::test]
 async fn routing_errors_have_the_framework_shapes() {
-    let s = Server::start_with(ServerOptions { wait_ready: false, ..Default::default() });
+    let s = Server::start_with(ServerOptions {
+        wait_ready: false,
+        ..Default::default()
+    });
     let (status, body) = s.get("/api/v0/nope").await;
-    assert_eq!((status, body), (404, json!({"detail": "Not Found", "code": "http_404", "retryable": false})));
+    assert_eq!(
+        (status, body),
+        (
+            404,
+            json!({"detail": "Not Found", "code": "http_404", "retryable": false})
+        )
+    );
     let (status, body) = s.delete("/").await;
-    assert_eq!((status, body), (405, json!({"detail": "Method Not Allowed", "code": "http_405", "retryable": false})));
+    assert_eq!(
+        (status, body),
+        (
+            405,
+            json!({"detail": "Method Not Allowed", "code": "http_405", "retryable": false})
+        )
+    );
     let r = s.client.head(s.url("/")).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 405, "HEAD is not served for GET routes");
-    let no_redirect = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let r = no_redirect.post(s.url("/api/v0/files/?x=1")).send().await.unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        405,
+        "HEAD is not served for GET routes"
+    );
+    let no_redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = no_redirect
+        .post(s.url("/api/v0/files/?x=1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 307);
     assert_eq!(r.headers()["location"], "/api/v0/files?x=1");
     assert_eq!(s.get("/openapi.json").await.1["openapi"], "3.1.0");
-    let docs = s.client.get(s.url("/docs")).send().await.unwrap().text().await.unwrap();
+    let docs = s
+        .client
+        .get(s.url("/docs"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(docs.contains("/openapi.json"));
 }
 
 #[tokio::test]
 async fn cors_follows_the_middleware_settings() {
     let yaml = "middleware:\n  allow_origins: ['http://viewer.local']\n  allow_methods: ['GET', 'POST']\n  expose_headers: ['x-a']\n".to_string();
-    let s = Server::start_with(ServerOptions { yaml, wait_ready: false, ..Default::default() });
+    let s = Server::start_with(ServerOptions {
+        yaml,
+        wait_ready: false,
+        ..Default::default()
+    });
     let pre = |origin: &'static str, method: &'static str| {
         s.client
             .request(reqwest::Method::OPTIONS, s.url("/api/v0/files"))
@@ -205,22 +347,43 @@ async fn cors_follows_the_middleware_settings() {
     };
     let r = pre("http://viewer.local", "POST").await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    assert_eq!(r.headers()["access-control-allow-origin"], "http://viewer.local");
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "http://viewer.local"
+    );
     assert_eq!(r.headers()["access-control-allow-methods"], "GET, POST");
     assert_eq!(r.text().await.unwrap(), "OK");
     let r = pre("http://evil.local", "DELETE").await.unwrap();
     assert_eq!(r.status().as_u16(), 400);
     assert_eq!(r.text().await.unwrap(), "Disallowed CORS origin, method");
-    let r = s.client.get(s.url("/")).header("origin", "http://viewer.local").send().await.unwrap();
-    assert_eq!(r.headers()["access-control-allow-origin"], "http://viewer.local");
+    let r = s
+        .client
+        .get(s.url("/"))
+        .header("origin", "http://viewer.local")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "http://viewer.local"
+    );
     assert_eq!(r.headers()["access-control-expose-headers"], "x-a");
-    let r = s.client.get(s.url("/")).header("origin", "http://evil.local").send().await.unwrap();
+    let r = s
+        .client
+        .get(s.url("/"))
+        .header("origin", "http://evil.local")
+        .send()
+        .await
+        .unwrap();
     assert!(r.headers().get("access-control-allow-origin").is_none());
 }
 
 #[tokio::test]
 async fn a_panicking_storage_gateway_answers_503_and_restarts() {
-    let s = Server::start_with(ServerOptions { wait_ready: false, ..Default::default() });
+    let s = Server::start_with(ServerOptions {
+        wait_ready: false,
+        ..Default::default()
+    });
     let id = s.upload(&common::images().join("coins.h5")).await;
     assert_eq!(s.post("/_test/fault/storage_gateway").await.0, 200);
     let (status, body) = s.get(&format!("/api/v1/files/{id}/download-url")).await;
@@ -228,15 +391,27 @@ async fn a_panicking_storage_gateway_answers_503_and_restarts() {
     assert_eq!(body["code"], "service_restarting");
     assert_eq!(body["retryable"], true);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(s.download(&id).await, std::fs::read(common::images().join("coins.h5")).unwrap());
-    assert!(s.log_text().contains("storage_gateway"), "panic logged with the actor name");
+    assert_eq!(
+        s.download(&id).await,
+        std::fs::read(common::images().join("coins.h5")).unwrap()
+    );
+    assert!(
+        s.log_text().contains("storage_gateway"),
+        "panic logged with the actor name"
+    );
 }
 
 #[test]
 fn sigterm_shuts_down_cleanly() {
-    let mut s = Server::start_with(ServerOptions { wait_ready: true, ..Default::default() });
+    let mut s = Server::start_with(ServerOptions {
+        wait_ready: true,
+        ..Default::default()
+    });
     let worker_pid = {
-        let out = std::process::Command::new("curl").args(["-s", &s.url("/health")]).output().unwrap();
+        let out = std::process::Command::new("curl")
+            .args(["-s", &s.url("/health")])
+            .output()
+            .unwrap();
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         v["workers"][0]["pid"].as_u64().unwrap()
     };
@@ -245,6 +420,104 @@ fn sigterm_shuts_down_cleanly() {
     assert_eq!(status.code(), Some(0), "{}", s.log_text());
     std::thread::sleep(Duration::from_millis(300));
     let mut stat = String::new();
-    let alive = std::fs::File::open(format!("/proc/{worker_pid}/stat")).and_then(|mut f| f.read_to_string(&mut stat)).is_ok() && !stat.contains(") Z ");
+    let alive = std::fs::File::open(format!("/proc/{worker_pid}/stat"))
+        .and_then(|mut f| f.read_to_string(&mut stat))
+        .is_ok()
+        && !stat.contains(") Z ");
     assert!(!alive, "worker {worker_pid} outlived the server");
+}
+
+#[tokio::test]
+async fn tls_from_ssl_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let port = common::free_port();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "port: {port}\nlog_path: {d}/compox.log\nssl:\n  use_ssl: true\n  ssl_keyfile: {k}\n  ssl_certfile: {c}\nstorage:\n  backend_settings:\n    provider: filesystem\n    storage_path: {d}/store\ninference:\n  device: cpu\n  python_env: {v}\n",
+            d = dir.path().display(),
+            k = key.display(),
+            c = cert.display(),
+            v = common::venv().display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(common::EXE)
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let mut body = Value::Null;
+    for _ in 0..200 {
+        if let Ok(r) = client
+            .get(format!("https://127.0.0.1:{port}/"))
+            .send()
+            .await
+        {
+            body = r.json().await.unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    assert_eq!(body["version"], "3.2.0");
+
+    // A missing key file stops start-up with a clear message.
+    std::fs::remove_file(&key).unwrap();
+    let out = std::process::Command::new(common::EXE)
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Cannot find SSL keyfile"));
+}
+
+#[tokio::test]
+async fn log_file_gets_operator_lines_but_not_polls() {
+    let s = Server::start_with(ServerOptions {
+        wait_ready: false,
+        ..Default::default()
+    });
+    let id = s.upload(&common::images().join("coins.h5")).await;
+    for _ in 0..3 {
+        s.download(&id).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = std::fs::read_to_string(s.dir.path().join("logs/compox.log")).unwrap();
+    assert!(log.contains("Logger successfully configured."), "{log}");
+    assert!(log.contains("compox listening on"), "{log}");
+    assert!(
+        !log.contains("file uploaded"),
+        "transfers are DEBUG only: {log}"
+    );
 }

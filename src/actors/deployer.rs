@@ -38,6 +38,8 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 const NAME: &str = "deployer";
+/// FIXME(no constant for it in `crate::storage` yet; move it there with the training routes).
+const TRAINING_STORE: &str = "training-store";
 
 #[derive(Clone)]
 pub struct DeployerConfig {
@@ -157,7 +159,7 @@ async fn load_records(
         if stale && rec.is_object() {
             rec["storage_metrics"] = compute_metrics(storage, &rec).await?;
             if let Some(m) = rec.as_object_mut() {
-                m.remove("storage_metrics_stale");
+                m.shift_remove("storage_metrics_stale");
             }
             let body = Bytes::from(serde_json::to_vec(&rec).unwrap_or_default());
             flatten(
@@ -316,8 +318,11 @@ pub struct DeployResult {
 pub struct DeployPath {
     pub path: PathBuf,
     pub overrides: DeployOverrides,
-    /// `None`: decide from the path (HTTP); `Some(Cli)` for `deploy-algorithms`.
+    /// The flag rules of `deploy-algorithms` (`algorithms.md` §2.8) instead of the HTTP ones.
     pub cli: bool,
+    /// An in-process caller (the offline `deploy-algorithms`), exempt from `deploy_allowed_paths`.
+    /// HTTP requests are never trusted, whatever they claim to come from.
+    pub trusted: bool,
 }
 
 impl Handler<DeployPath> for Deployer {
@@ -329,7 +334,7 @@ impl Handler<DeployPath> for Deployer {
             if fail {
                 panic!("fault injected into {NAME}");
             }
-            let source = p.check_path(&m.path, m.cli)?;
+            let source = p.check_path(&m.path, m.cli, m.trusted)?;
             p.deploy(&m.path, &m.overrides, source).await
         })
     }
@@ -634,6 +639,18 @@ impl Handler<IndexChanged> for Deployer {
     }
 }
 
+/// Another writer (the bundle importer) changed `algorithm-store`: rebuild the index from it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReloadIndex;
+
+impl Handler<ReloadIndex> for Deployer {
+    type Result = ();
+    fn handle(&mut self, _: ReloadIndex, ctx: &mut Context<Self>) {
+        self.load_index(ctx);
+    }
+}
+
 /// D4: deletes a whole algorithm or one minor version.
 #[derive(Message)]
 #[rtype(result = "Result<String, ApiError>")]
@@ -657,7 +674,10 @@ impl Handler<DeleteAlgorithm> for Deployer {
 #[rtype(result = "Result<(String, std::fs::File), ApiError>")]
 pub struct ExportAlgorithm {
     pub name: String,
+    /// The major as a number (`"01"` → `"1"`), as the original parses it.
     pub major: String,
+    /// The major as requested, so a stored non-canonical major (`"01"`) can still be exported.
+    pub raw_major: String,
     pub minor: Option<String>,
     pub checkpoint_id: Option<String>,
 }
@@ -665,16 +685,19 @@ pub struct ExportAlgorithm {
 impl Handler<ExportAlgorithm> for Deployer {
     type Result = ResponseFuture<Result<(String, std::fs::File), ApiError>>;
     fn handle(&mut self, m: ExportAlgorithm, ctx: &mut Context<Self>) -> Self::Result {
-        // One rule for the gate and the lookup: case-insensitive, like A1 (spec-recommended fix).
-        let found = self.index.iter().find(|(_, e)| {
-            e.record["algorithm_name"]
-                .as_str()
-                .is_some_and(|n| n.eq_ignore_ascii_case(&m.name))
-                && e.record["algorithm_major_version"]
+        // One rule for the gate and the lookup: case-insensitive names, like A1 (spec-recommended
+        // fix). The stored major as requested wins over its numeric form (`"01"` before `"1"`).
+        let lookup = |major: &str| {
+            self.index.values().find(|e| {
+                e.record["algorithm_name"]
                     .as_str()
-                    .is_some_and(|v| v.eq_ignore_ascii_case(&m.major))
-        });
-        let found = found.map(|(_, e)| e.record.clone());
+                    .is_some_and(|n| n.to_lowercase() == m.name.to_lowercase())
+                    && e.record["algorithm_major_version"].as_str() == Some(major)
+            })
+        };
+        let found = lookup(&m.raw_major)
+            .or_else(|| lookup(&m.major))
+            .map(|e| e.record.clone());
         let storage = self.storage.clone();
         let _ = ctx;
         Box::pin(async move {
@@ -904,18 +927,23 @@ impl Pipeline {
         }
     }
 
-    fn check_path(&self, path: &Path, cli: bool) -> Result<DeploySource, ApiError> {
+    /// Existence, `deploy_allowed_paths` (unless `trusted`) and type; `deploy-algorithms` deploys
+    /// folders only.
+    fn check_path(&self, path: &Path, cli: bool, trusted: bool) -> Result<DeploySource, ApiError> {
         let text = path.display().to_string();
         if !path.exists() {
             return Err(DeployError::PathNotFound { path: text }.into());
         }
-        if cli {
-            return Ok(DeploySource::Cli);
+        if !trusted {
+            self.check_allowed(path)?;
         }
-        self.check_allowed(path)?;
         if path.is_dir() {
-            Ok(DeploySource::HttpFolder)
-        } else if path.is_file() && text.to_lowercase().ends_with(".zip") {
+            Ok(if cli {
+                DeploySource::Cli
+            } else {
+                DeploySource::HttpFolder
+            })
+        } else if !cli && path.is_file() && text.to_lowercase().ends_with(".zip") {
             Ok(DeploySource::HttpZip)
         } else {
             Err(DeployError::InvalidPathType { path: text }.into())
@@ -1097,7 +1125,7 @@ impl Pipeline {
             .await
             .map_err(storage_err)?;
         if let Some(m) = rec.as_object_mut() {
-            m.remove("storage_metrics_stale");
+            m.shift_remove("storage_metrics_stale");
         }
 
         let key = record::record_key(&rec);
@@ -1208,7 +1236,7 @@ impl Pipeline {
         record["status"] = json!("RUNNING");
         record["time_started"] = json!(local_now());
         let _ = self.write_deploy_record(&id, &record).await;
-        let outcome = match self.check_path(&path, false) {
+        let outcome = match self.check_path(&path, false, false) {
             Ok(source) => self.deploy(&path, &ov, source).await,
             Err(e) => Err(e),
         };
@@ -1282,15 +1310,7 @@ impl Pipeline {
                         .await
                         .map_err(remove_err)?;
                     for cp in checkpoints {
-                        // A missing checkpoint (or training record) no longer aborts the deletion.
-                        let _ = flatten(
-                            self.storage
-                                .send(DeleteObject {
-                                    collection: CHECKPOINT_STORE,
-                                    key: cp,
-                                })
-                                .await,
-                        );
+                        self.delete_checkpoint(&cp).await;
                     }
                     flatten(
                         self.storage
@@ -1317,7 +1337,7 @@ impl Pipeline {
                 let mut rec = rec;
                 let Some(entry) = rec["algorithm_minor_version"]
                     .as_object_mut()
-                    .and_then(|m| m.remove(&minor))
+                    .and_then(|m| m.shift_remove(&minor))
                 else {
                     return Ok(detail);
                 };
@@ -1360,7 +1380,7 @@ impl Pipeline {
                         Some(max) => json!(max.to_string()),
                         None => rec["algorithm_minor_version"]
                             .as_object()
-                            .and_then(|m| m.keys().last().cloned())
+                            .and_then(|m| m.keys().next_back().cloned())
                             .map(Value::String)
                             .unwrap_or(Value::Null),
                     };
@@ -1388,6 +1408,83 @@ impl Pipeline {
                 Ok(detail)
             }
         }
+    }
+
+    /// Deletes one checkpoint as C3 does (`algorithms.md` §5 step 3): its assets, its id in the
+    /// training record's `output_checkpoint_ids`, then the manifest. A missing manifest or
+    /// training record no longer aborts the deletion (the spec's fix), so nothing here fails.
+    async fn delete_checkpoint(&self, checkpoint_id: &str) {
+        let manifest = flatten(
+            self.storage
+                .send(GetBytes {
+                    collection: CHECKPOINT_STORE,
+                    key: checkpoint_id.to_string(),
+                })
+                .await,
+        )
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+        if let Some(manifest) = &manifest {
+            let assets = manifest["assets"]
+                .as_object()
+                .into_iter()
+                .flat_map(|a| a.values());
+            for id in assets.filter_map(Value::as_str) {
+                let _ = flatten(
+                    self.storage
+                        .send(DeleteObject {
+                            collection: ASSET_STORE,
+                            key: id.to_string(),
+                        })
+                        .await,
+                );
+            }
+            if let Some(training_id) = manifest["training_id"].as_str() {
+                self.unlink_from_training(training_id, checkpoint_id).await;
+            }
+        }
+        let _ = flatten(
+            self.storage
+                .send(DeleteObject {
+                    collection: CHECKPOINT_STORE,
+                    key: checkpoint_id.to_string(),
+                })
+                .await,
+        );
+    }
+
+    async fn unlink_from_training(&self, training_id: &str, checkpoint_id: &str) {
+        let Ok(bytes) = flatten(
+            self.storage
+                .send(GetBytes {
+                    collection: TRAINING_STORE,
+                    key: training_id.to_string(),
+                })
+                .await,
+        ) else {
+            return;
+        };
+        let Ok(mut training) = serde_json::from_slice::<Value>(&bytes) else {
+            return;
+        };
+        let Some(ids) = training["output_checkpoint_ids"].as_array_mut() else {
+            return;
+        };
+        let before = ids.len();
+        ids.retain(|id| id.as_str() != Some(checkpoint_id));
+        if ids.len() == before {
+            return;
+        }
+        let body = Bytes::from(serde_json::to_vec(&training).unwrap_or_default());
+        let _ = flatten(
+            self.storage
+                .send(PutBytes {
+                    collection: TRAINING_STORE,
+                    key: training_id.to_string(),
+                    body,
+                })
+                .await,
+        );
     }
 
     async fn delete_unreferenced(

@@ -9,12 +9,17 @@
 //!
 //! Flow: 1. spawn `compox worker`, send `init`, wait for `ready`; 2. on `RunExecution` send the job;
 //! 3. merge each `update` into the record, answer with the stop flag, hand the record to the
-//! persister; 4. on `done` flush the final record and report to the pool.
+//! persister; 4. on `done` flush the final record and report to the pool. Polls see a terminal
+//! state only once storage holds it, so a poll never goes back to an older stored copy.
+//!
+//! Stop: the next `update_ack` carries the stop flag (a stop that arrives before its
+//! `RunExecution` is kept for it); a worker still busy with the execution after the stop grace
+//! period is killed, also when the algorithm swallowed the stop after STOPPED was recorded.
 //!
 //! Failure: when the worker dies (crash, `os._exit`, segfault, OOM kill, or our kill after the
 //! stop grace period) the running execution ends FAILED with the reason (STOPPED when a stop was
 //! requested), the record is flushed, and a new worker is started with back-off. A final write
-//! that storage refuses goes to the emergency store.
+//! that storage refuses goes to the emergency store as a FAILED record.
 
 use super::emergency_writer::{DeleteEmergencyRecord, EmergencyWriter, WriteEmergencyRecord};
 use super::executor_pool::{ExecutionFinished, ExecutorDown, ExecutorPool, ExecutorReady};
@@ -25,8 +30,9 @@ use crate::worker::protocol::{self, FromWorker, StorageSpec, ToWorker};
 use actix::prelude::*;
 use bytes::Bytes;
 use serde_json::{json, Value};
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
@@ -55,6 +61,11 @@ pub struct WorkerInfo {
 struct Running {
     record: ExecutionRecord,
     stop_requested: bool,
+    /// What polls see once the worker reported a terminal state: the record just before it, until
+    /// the terminal record is stored (or refused and replaced by a FAILED emergency record).
+    before_terminal: Option<ExecutionRecord>,
+    /// The final record is being stored; the pool hears of it once that is done.
+    finishing: bool,
 }
 
 pub struct Executor {
@@ -70,6 +81,8 @@ pub struct Executor {
     restarts: u32,
     module_cache_dir: PathBuf,
     shutting_down: bool,
+    /// Stops that arrived before their `RunExecution` (the pool dispatches asynchronously).
+    early_stops: HashSet<String>,
 }
 
 impl Executor {
@@ -95,6 +108,7 @@ impl Executor {
             restarts: 0,
             module_cache_dir: PathBuf::new(),
             shutting_down: false,
+            early_stops: HashSet::new(),
         }
     }
 
@@ -116,7 +130,7 @@ impl Executor {
         if let Err(e) = std::fs::create_dir_all(&self.module_cache_dir) {
             tracing::error!(worker = self.index, error = %e, "cannot create the module cache directory");
         }
-        let mut cmd = tokio::process::Command::new(&self.spec.exe);
+        let mut cmd = tokio::process::Command::new(worker_exe(&self.spec.exe));
         cmd.arg("worker")
             .arg("--index")
             .arg(self.index.to_string())
@@ -216,11 +230,12 @@ impl Executor {
 
     /// Ends the running execution because its worker is gone.
     fn fail_running(&mut self, reason: &str, ctx: &mut Context<Self>) {
-        let Some(mut run) = self.running.take() else {
+        let Some(run) = self.running.as_mut().filter(|r| !r.finishing) else {
             return;
         };
-        let rec = &mut run.record;
-        if !is_terminal(&rec.status) {
+        if !is_terminal(&run.record.status) {
+            run.before_terminal = Some(run.record.clone());
+            let rec = &mut run.record;
             if run.stop_requested {
                 rec.log.push_str(&format!(
                     "{} INFO Worker stopped after the stop grace period ({reason}).\n",
@@ -242,18 +257,50 @@ impl Executor {
             }
             rec.time_completed = local_now();
         }
-        tracing::warn!(worker = self.index, execution_id = %rec.execution_id, status = %rec.status, reason, "worker lost its execution");
+        tracing::warn!(worker = self.index, execution_id = %run.record.execution_id, status = %run.record.status, reason, "worker lost its execution");
+        self.finish(ctx);
+    }
+
+    /// Stores the final record, then reports it to the pool. Until storage has it (or the
+    /// emergency store has the FAILED fallback), polls keep reading the record from here, so they
+    /// never see an older stored copy.
+    fn finish(&mut self, ctx: &mut Context<Self>) {
+        let Some(run) = self.running.as_mut().filter(|r| !r.finishing) else {
+            return;
+        };
+        run.finishing = true;
         let record = run.record.clone();
         let done = self.persist(&record, true);
-        let pool = self.pool.clone();
-        let index = self.index;
-        ctx.spawn(
-            async move {
-                let _ = done.await;
-                pool.do_send(ExecutionFinished { index, record });
+        let (pool, index) = (self.pool.clone(), self.index);
+        ctx.spawn(done.into_actor(self).map(move |_, act, _| {
+            if act
+                .running
+                .as_ref()
+                .is_some_and(|r| r.record.execution_id == record.execution_id)
+            {
+                act.running = None;
             }
-            .into_actor(self),
-        );
+            pool.do_send(ExecutionFinished { index, record });
+        }));
+    }
+}
+
+/// The program to start as a worker. When that is this server's own binary, Linux's
+/// `/proc/self/exe` is used: it still works after the file was replaced or deleted (a rebuild or
+/// an upgrade while the server runs, where the path now names another build or nothing, or
+/// carries a ` (deleted)` suffix), and it keeps the worker on the server's protocol version.
+pub fn worker_exe(configured: &std::path::Path) -> PathBuf {
+    let own = Path::new("/proc/self/exe");
+    let running = std::env::current_exe().unwrap_or_default();
+    let running = running.to_string_lossy();
+    let configured_text = configured.to_string_lossy();
+    let is_own = running.trim_end_matches(" (deleted)")
+        == configured_text.trim_end_matches(" (deleted)")
+        || !configured.exists();
+    if cfg!(target_os = "linux") && is_own && own.exists() {
+        own.to_path_buf()
+    } else {
+        configured.to_path_buf()
     }
 }
 
@@ -346,40 +393,49 @@ impl Handler<WorkerFrame> for Executor {
                     });
                     return;
                 };
+                let was_terminal = is_terminal(&run.record.status);
+                let before = run.record.clone();
                 run.record.apply(&fields);
                 let terminal = fields
                     .get("status")
                     .and_then(Value::as_str)
                     .is_some_and(is_terminal);
+                if terminal && !was_terminal {
+                    run.before_terminal = Some(before);
+                }
                 let stop = run.stop_requested;
                 let record = run.record.clone();
-                drop(self.persist(&record, terminal));
+                let stored = self.persist(&record, terminal);
                 self.send_frame(&ToWorker::UpdateAck { stop, error: None });
+                if terminal {
+                    // Show the terminal state once it is stored; a refused write leaves the
+                    // FAILED fallback for `finish` to report.
+                    let id = record.execution_id;
+                    ctx.spawn(stored.into_actor(self).map(move |res, act, _| {
+                        if let (Ok(Ok(())), Some(run)) = (res, act.running.as_mut()) {
+                            if run.record.execution_id == id && !run.finishing {
+                                run.before_terminal = None;
+                            }
+                        }
+                    }));
+                }
             }
             FromWorker::Done => {
-                let Some(mut run) = self.running.take() else {
+                let Some(run) = self.running.as_mut() else {
                     return;
                 };
                 if !is_terminal(&run.record.status) {
+                    run.before_terminal = Some(run.record.clone());
                     run.record.status = "FAILED".into();
                     run.record.progress = 1.0;
+                    run.record.output_dataset_ids = json!([]);
                     run.record.time_completed = local_now();
                     run.record.log.push_str(&format!(
                         "{} ERROR The algorithm runtime ended without a final status.\n",
                         log_time_now()
                     ));
                 }
-                let record = run.record;
-                let done = self.persist(&record, true);
-                let pool = self.pool.clone();
-                let index = self.index;
-                ctx.spawn(
-                    async move {
-                        let _ = done.await;
-                        pool.do_send(ExecutionFinished { index, record });
-                    }
-                    .into_actor(self),
-                );
+                self.finish(ctx);
             }
         }
     }
@@ -424,15 +480,22 @@ pub struct RunExecution {
 
 impl Handler<RunExecution> for Executor {
     type Result = ();
-    fn handle(&mut self, m: RunExecution, _: &mut Context<Self>) {
+    fn handle(&mut self, m: RunExecution, ctx: &mut Context<Self>) {
         let mut job = m.job;
         job["module_cache_dir"] = json!(self.module_cache_dir.display().to_string());
-        tracing::debug!(worker = self.index, execution_id = %m.record.execution_id, "execution dispatched");
+        let id = m.record.execution_id.clone();
+        tracing::debug!(worker = self.index, execution_id = %id, "execution dispatched");
+        let stop_requested = self.early_stops.remove(&id);
         self.running = Some(Running {
             record: m.record,
-            stop_requested: false,
+            stop_requested,
+            before_terminal: None,
+            finishing: false,
         });
         self.send_frame(&ToWorker::Run { job });
+        if stop_requested {
+            self.arm_stop_grace(id, ctx);
+        }
     }
 }
 
@@ -452,12 +515,25 @@ impl Handler<StopNotice> for Executor {
             .as_mut()
             .filter(|r| r.record.execution_id == m.execution_id)
         else {
+            // The pool dispatched it, but its `RunExecution` has not arrived yet.
+            self.early_stops.insert(m.execution_id);
             return;
         };
         run.stop_requested = true;
-        let id = m.execution_id;
+        self.arm_stop_grace(m.execution_id, ctx);
+    }
+}
+
+impl Executor {
+    /// Kills the worker when execution `id` has not yielded to its stop within the grace period.
+    fn arm_stop_grace(&mut self, id: String, ctx: &mut Context<Self>) {
         ctx.run_later(self.spec.stop_grace, move |act, _| {
-            let still = act.running.as_ref().is_some_and(|r| r.record.execution_id == id && !is_terminal(&r.record.status));
+            let still = act
+                .running
+                .as_ref()
+                .is_some_and(|r| r.record.execution_id == id && !r.finishing);
+            // Also when STOPPED is recorded: an algorithm that swallowed the stop would otherwise
+            // hold the worker until it ends on its own.
             if still {
                 if let Some(pid) = act.pid {
                     tracing::warn!(worker = act.index, execution_id = %id, "algorithm ignored the stop request; killing its worker");
@@ -481,7 +557,7 @@ impl Handler<GetRunningRecord> for Executor {
         self.running
             .as_ref()
             .filter(|r| r.record.execution_id == m.execution_id)
-            .map(|r| r.record.clone())
+            .map(|r| r.before_terminal.as_ref().unwrap_or(&r.record).clone())
     }
 }
 
@@ -510,6 +586,37 @@ struct Persist {
     done: Option<oneshot::Sender<Result<(), StorageError>>>,
 }
 
+/// The emergency store keeps FAILED records only (`runtime.md` §12): a terminal state storage
+/// refused becomes the failure the original's `mark_as_failed` would have recorded, so that the
+/// fallback wins over the stale primary record on reads (`rest-api.md` §6.5).
+fn failed_for_storage(record: &ExecutionRecord, error: &StorageError) -> ExecutionRecord {
+    let mut failed = record.clone();
+    if failed.status != "FAILED" {
+        failed.log.push_str(&format!(
+            "{} ERROR Task failed: Failed to update task record ({} could not be saved: {error}).\n",
+            log_time_now(),
+            record.status
+        ));
+        failed.extra.insert(
+            "error".into(),
+            json!({
+                "type": "CompoxTaskError",
+                "message": "Failed to update task record.",
+                "code": "task_record_update_failed",
+                "details": {"field": "status"},
+                "retryable": false,
+                "http_status": 500,
+                "cause": {"type": "StorageError", "message": error.to_string()},
+            }),
+        );
+    }
+    failed.status = "FAILED".into();
+    failed.progress = 1.0;
+    failed.output_dataset_ids = json!([]);
+    failed.time_completed = local_now();
+    failed
+}
+
 /// Writes records in arrival order; coalesces non-terminal ones to one write per interval and
 /// always writes the newest snapshot. A terminal record storage refuses goes to the emergency store.
 async fn persister(
@@ -517,26 +624,45 @@ async fn persister(
     storage: Addr<StorageGateway>,
     emergency: Addr<EmergencyWriter>,
 ) {
-    let mut last = Instant::now() - PERSIST_INTERVAL;
-    while let Some(mut req) = rx.recv().await {
+    // A request for another execution found while coalescing waits here for its turn.
+    let mut carry: Option<Persist> = None;
+    loop {
+        let mut req = match carry.take() {
+            Some(r) => r,
+            None => match rx.recv().await {
+                Some(r) => r,
+                None => break,
+            },
+        };
         let mut waiters = vec![req.done.take()];
         if !req.terminal {
-            let deadline = tokio::time::Instant::from_std(last + PERSIST_INTERVAL);
+            // Hold a non-terminal record for one interval: short executions then cost a single
+            // (terminal) write, long ones one write per interval. Polls read the executor's copy.
+            let deadline = tokio::time::Instant::now() + PERSIST_INTERVAL;
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep_until(deadline) => break,
                     next = rx.recv() => match next {
-                        Some(mut n) => {
+                        Some(mut n) if n.record.execution_id == req.record.execution_id => {
                             waiters.push(n.done.take());
                             req = n;
                             if req.terminal { break; }
+                        }
+                        Some(n) => {
+                            carry = Some(n);
+                            break;
                         }
                         None => break,
                     },
                 }
             }
         }
-        while let Ok(mut n) = rx.try_recv() {
+        while carry.is_none() {
+            let Ok(mut n) = rx.try_recv() else { break };
+            if n.record.execution_id != req.record.execution_id {
+                carry = Some(n);
+                break;
+            }
             waiters.push(n.done.take());
             let terminal = req.terminal || n.terminal;
             req = n;
@@ -553,7 +679,6 @@ async fn persister(
                 })
                 .await,
         );
-        last = Instant::now();
         match &result {
             Ok(()) if req.terminal => {
                 emergency.do_send(DeleteEmergencyRecord {
@@ -566,11 +691,12 @@ async fn persister(
             Err(e) => {
                 tracing::warn!(execution_id = %id, error = %e, terminal = req.terminal, "execution record write failed");
                 if req.terminal {
+                    let failed = failed_for_storage(&req.record, e);
                     let _ = emergency
                         .send(WriteEmergencyRecord {
                             collection: EXECUTION_STORE,
                             id: id.clone(),
-                            record: serde_json::to_value(&req.record).unwrap_or_default(),
+                            record: serde_json::to_value(&failed).unwrap_or_default(),
                             error_message: e.to_string(),
                             error_code: e.code().to_string(),
                             retryable: e.retryable(),

@@ -438,7 +438,7 @@ impl Handler<SubmitExecution> for ExecutorPool {
 
 /// Where a record currently lives.
 enum Found {
-    Queued(ExecutionRecord),
+    Queued(Box<ExecutionRecord>),
     Running(Addr<Executor>),
     Stored,
 }
@@ -446,7 +446,7 @@ enum Found {
 impl ExecutorPool {
     fn locate(&self, id: &str) -> Found {
         if let Some(r) = self.queue.iter().find(|r| r.execution_id == id) {
-            return Found::Queued(r.clone());
+            return Found::Queued(Box::new(r.clone()));
         }
         if let Some(idx) = self.running.get(id) {
             return Found::Running(self.slots[*idx].addr.clone());
@@ -600,6 +600,12 @@ impl Handler<StopExecution> for ExecutorPool {
                             execution_id: m.execution_id.clone(),
                         }),
                         Found::Queued(_) => {
+                            // Dispatched while the stop request was being written.
+                            if let Some(idx) = act.running.get(&m.execution_id) {
+                                act.slots[*idx].addr.do_send(StopNotice {
+                                    execution_id: m.execution_id.clone(),
+                                });
+                            }
                             // Stopped before it ran: the first record write of a task would notice.
                             if let Some(pos) = act
                                 .queue

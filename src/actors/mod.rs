@@ -5,6 +5,7 @@
 //! "restarting" error (HTTP 503), and the actor is stopped so the supervisor restarts it with its
 //! state rebuilt in `Supervised::restarting`.
 
+pub mod bundle_importer;
 pub mod deployer;
 pub mod emergency_writer;
 pub mod executor;

@@ -79,16 +79,22 @@ impl Actor for StorageGateway {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(SWEEP_EVERY, |act, _ctx| {
-            let backend = act.backend.clone();
-            let rules = act.rules.clone();
-            actix::spawn(async move {
-                match backend.sweep_expired(&rules).await {
-                    Ok(n) if n > 0 => tracing::info!(removed = n, "expired objects removed"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
-                }
-            });
+        ctx.run_later(Duration::from_secs(5), |act, _| act.sweep());
+        ctx.run_interval(SWEEP_EVERY, |act, _| act.sweep());
+    }
+}
+
+impl StorageGateway {
+    /// Deletes expired objects in the background (`*_expire_days`).
+    fn sweep(&mut self) {
+        let backend = self.backend.clone();
+        let rules = self.rules.clone();
+        actix::spawn(async move {
+            match backend.sweep_expired(&rules).await {
+                Ok(n) if n > 0 => tracing::info!(removed = n, "expired objects removed"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+            }
         });
     }
 }

@@ -181,6 +181,7 @@ fn offline(settings: &Settings, folders: &[PathBuf], delete_existing: bool) -> i
                     path: folder.clone(),
                     overrides: DeployOverrides::default(),
                     cli: true,
+                    trusted: true,
                 })
                 .await
                 .map_err(|e| e.to_string())

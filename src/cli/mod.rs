@@ -1,8 +1,13 @@
 //! The `compox` command line (`platform.md` §1). Each command lives in its own file.
 
+pub mod build_algorithm_bundle;
+mod bundle_common;
 pub mod client;
 pub mod deploy_algorithms;
+pub mod generate_algorithm_bundle_key;
 pub mod generate_config;
+pub mod import_algorithm_bundle;
+pub mod inspect_algorithm_bundle;
 pub mod run;
 
 use clap::{Parser, Subcommand};
@@ -99,6 +104,34 @@ pub enum Command {
         checkpoint_id: Option<String>,
         #[arg(long)]
         output_dir: Option<String>,
+    },
+    /// Build an encrypted bundle of every stored algorithm, module, asset and checkpoint.
+    BuildAlgorithmBundle {
+        #[arg(long)]
+        config: String,
+        #[arg(long, default_value = "compox_algorithm_bundle.zip")]
+        output: String,
+        #[arg(long, allow_hyphen_values = true)]
+        key: Option<String>,
+    },
+    /// Print a fresh algorithm bundle key.
+    GenerateAlgorithmBundleKey,
+    /// Verify a bundle's key and signature and print its manifest summary as JSON.
+    InspectAlgorithmBundle {
+        #[arg(long)]
+        bundle_path: String,
+        #[arg(long, allow_hyphen_values = true)]
+        key: String,
+    },
+    /// Import an algorithm bundle into the configured storage (once per bundle file).
+    ImportAlgorithmBundle {
+        #[arg(long)]
+        config: String,
+        #[arg(long)]
+        bundle_path: Option<String>,
+        // Keys are base64url and may start with '-'.
+        #[arg(long, allow_hyphen_values = true)]
+        key: Option<String>,
     },
     /// Internal: a worker process embedding Python (started by the server).
     #[command(hide = true)]
@@ -213,6 +246,20 @@ pub fn dispatch(cli: Cli) -> i32 {
             checkpoint_id,
             output_dir,
         ),
+        Command::BuildAlgorithmBundle {
+            config,
+            output,
+            key,
+        } => build_algorithm_bundle::run(&config, &output, key.as_deref()),
+        Command::GenerateAlgorithmBundleKey => generate_algorithm_bundle_key::run(),
+        Command::InspectAlgorithmBundle { bundle_path, key } => {
+            inspect_algorithm_bundle::run(&bundle_path, &key)
+        }
+        Command::ImportAlgorithmBundle {
+            config,
+            bundle_path,
+            key,
+        } => import_algorithm_bundle::run(&config, bundle_path, key),
         Command::Worker { index } => match crate::worker::run(index) {
             Ok(()) => 0,
             Err(e) => {

@@ -426,6 +426,30 @@ mod tests {
     }
 
     #[test]
+    fn union_fields_coerce_text_from_env_and_cli() {
+        let (_, cli) = parse_strict_overrides(&[
+            "--inference.backend_settings.executor".into(),
+            "fastapi_background_tasks".into(),
+            "--inference.backend_settings.worker_number".into(),
+            "3".into(),
+        ])
+        .unwrap();
+        let s = load_settings(None, &cli, env(&[])).unwrap();
+        assert_eq!(s.worker_count(), 3);
+        let s = load_settings(
+            None,
+            &Overrides::default(),
+            env(&[
+                ("COMPOX_STORAGE__BACKEND_SETTINGS__PROVIDER", "minio"),
+                ("COMPOX_STORAGE__BACKEND_SETTINGS__START_INSTANCE", "no"),
+            ]),
+        )
+        .unwrap();
+        let BackendSettings::Minio(m) = s.storage.backend_settings else { panic!("minio") };
+        assert!(!m.start_instance);
+    }
+
+    #[test]
     fn unknown_top_level_env_is_ignored_but_nested_is_rejected() {
         assert!(load_settings(
             None,

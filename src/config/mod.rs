@@ -8,6 +8,63 @@
 pub mod load;
 pub mod paths;
 
+/// Lax scalars inside tagged unions. Serde buffers a union's fields before the variant is known,
+/// which bypasses the `config` crate's string-to-number coercion; environment variables and CLI
+/// overrides arrive as strings, so these accept both.
+mod lax {
+    use serde::{de::Error, Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Bool(bool),
+        Int(i64),
+        Float(f64),
+        Text(String),
+    }
+
+    pub fn number<'de, D, T>(d: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<i64>,
+    {
+        let v = match Scalar::deserialize(d)? {
+            Scalar::Int(i) => i,
+            Scalar::Bool(b) => i64::from(b),
+            Scalar::Float(f) if f.fract() == 0.0 => f as i64,
+            Scalar::Text(t) => t.trim().parse().map_err(|_| D::Error::custom(format!("invalid integer {t:?}")))?,
+            Scalar::Float(f) => return Err(D::Error::custom(format!("invalid integer {f}"))),
+        };
+        T::try_from(v).map_err(|_| D::Error::custom(format!("integer {v} out of range")))
+    }
+
+    pub fn optional_number<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<i64>,
+    {
+        let v: Option<serde_json::Value> = Option::deserialize(d)?;
+        match v {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => number(v).map(Some).map_err(D::Error::custom),
+        }
+    }
+
+    pub fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        match Scalar::deserialize(d)? {
+            Scalar::Bool(b) => Ok(b),
+            Scalar::Int(0) => Ok(false),
+            Scalar::Int(1) => Ok(true),
+            Scalar::Text(t) => match t.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" | "t" | "y" => Ok(true),
+                "false" | "0" | "no" | "off" | "f" | "n" => Ok(false),
+                _ => Err(D::Error::custom(format!("invalid boolean {t:?}"))),
+            },
+            _ => Err(D::Error::custom("invalid boolean")),
+        }
+    }
+}
+
 use serde::{Deserialize, Serialize};
 use std::sync::OnceLock;
 
@@ -124,11 +181,11 @@ pub struct FilesystemBackendSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MinioBackendSettings {
-    #[serde(default = "yes")]
+    #[serde(default = "yes", deserialize_with = "lax::boolean")]
     pub start_instance: bool,
-    #[serde(default = "default_minio_port")]
+    #[serde(default = "default_minio_port", deserialize_with = "lax::number")]
     pub port: u16,
-    #[serde(default = "default_minio_console_port")]
+    #[serde(default = "default_minio_console_port", deserialize_with = "lax::number")]
     pub console_port: u16,
     #[serde(default = "default_minio_exe")]
     pub executable_path: String,
@@ -191,7 +248,7 @@ pub enum ExecutorSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InProcessExecutorSettings {
-    #[serde(default = "one_u")]
+    #[serde(default = "one_u", deserialize_with = "lax::number")]
     pub worker_number: u32,
 }
 
@@ -203,9 +260,9 @@ pub struct CelerySettings {
     pub broker_url: String,
     #[serde(default = "default_result_backend")]
     pub result_backend: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lax::boolean")]
     pub run_flower: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lax::optional_number")]
     pub flower_port: Option<u16>,
 }
 

@@ -195,13 +195,28 @@ fn str_list(v: &Value) -> Option<Vec<String>> {
         .collect()
 }
 
+/// A legacy 2.x record: flat string `algorithm_minor_version`, top-level `module_id`/`assets`.
+fn is_legacy(record: &Value) -> bool {
+    record
+        .get("algorithm_minor_version")
+        .is_some_and(Value::is_string)
+        && record.get("algorithm_name").is_some()
+        && record.get("algorithm_major_version").is_some()
+}
+
 /// Builds the API view of a stored record.
 pub fn api_item(record: &Value) -> ApiItem {
+    // Legacy records lack `latest_algorithm_minor_version`; listing must not fail on them
+    // (`algorithms.md` §3.1), so they become "not configured correctly" until redeployed.
+    if is_legacy(record) {
+        return failed(
+            record,
+            &["algorithm_minor_version: legacy Compox 2.x record; redeploy the algorithm".into()],
+        );
+    }
     if let Some(missing) = REQUIRED.iter().find(|k| record.get(**k).is_none()) {
         return ApiItem::Broken(format!("algorithm record lacks required key {missing}"));
     }
-    let name = record["algorithm_name"].clone();
-    let major = record["algorithm_major_version"].clone();
     let mut errors = Vec::new();
     let text = |k: &str, errors: &mut Vec<String>| match record.get(k) {
         Some(Value::String(s)) => json!(s),
@@ -249,6 +264,13 @@ pub fn api_item(record: &Value) -> ApiItem {
     if errors.is_empty() {
         return ApiItem::Registered(body);
     }
+    failed(record, &errors)
+}
+
+/// `FailedAlgorithmRegisteredResponse` for `record` with pydantic-style error lines.
+fn failed(record: &Value, errors: &[String]) -> ApiItem {
+    let name = &record["algorithm_name"];
+    let major = &record["algorithm_major_version"];
     ApiItem::Failed(json!({
         "algorithm_name": name.as_str().map(str::to_string).unwrap_or_else(|| name.to_string()),
         "algorithm_version": major.as_str().map(str::to_string).unwrap_or_else(|| major.to_string()),
@@ -315,6 +337,19 @@ mod tests {
         assert!(matches!(api_item(&r), ApiItem::Failed(_)));
         r.as_object_mut().unwrap().remove("default_device");
         assert!(matches!(api_item(&r), ApiItem::Broken(_)));
+    }
+
+    #[test]
+    fn legacy_record_is_failed_not_broken() {
+        let legacy = json!({
+            "algorithm_id": "id", "algorithm_name": "old", "algorithm_major_version": "1",
+            "algorithm_minor_version": "0", "module_id": "m", "assets": {},
+        });
+        let ApiItem::Failed(v) = api_item(&legacy) else {
+            panic!("failed")
+        };
+        assert_eq!(v["algorithm_name"], "old");
+        assert!(v["message"].as_str().unwrap().contains("legacy"));
     }
 
     #[test]

@@ -58,8 +58,8 @@ pub async fn export_algorithm(
     path: web::Path<(String, String)>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let (name, major) = path.into_inner();
-    let major = parse_int_param("path", "algorithm_major_version", &major)?.to_string();
+    let (name, raw_major) = path.into_inner();
+    let major = parse_int_param("path", "algorithm_major_version", &raw_major)?.to_string();
     let q = query_pairs(&req);
     let minor = match query_one(&q, "algorithm_minor_version") {
         Some(raw) => Some(parse_int_param("query", "algorithm_minor_version", &raw)?.to_string()),
@@ -68,6 +68,7 @@ pub async fn export_algorithm(
     let msg = ExportAlgorithm {
         name,
         major,
+        raw_major: raw_major.trim().to_string(),
         minor,
         checkpoint_id: query_one(&q, "checkpoint_id"),
     };

@@ -112,7 +112,7 @@ impl Cors {
     /// Responses depend on `Origin` unless every origin gets the same answer (the original sends
     /// `Vary: Origin` on every response).
     pub fn vary(&self, headers: &mut actix_web::http::header::HeaderMap) {
-        if !(self.any_origin() && !self.s.allow_credentials) {
+        if !self.any_origin() || self.s.allow_credentials {
             append_vary(headers);
         }
     }

@@ -45,6 +45,7 @@ pub async fn deploy_local(
             path,
             overrides,
             cli,
+            trusted: false,
         })
         .await??;
     Ok(HttpResponse::Ok().json(result))

@@ -43,7 +43,9 @@ pub fn images() -> &'static Path {
             .arg(&dir)
             .stdout(Stdio::null())
             .status()
-            .expect("run tests/fixtures/make_images.py with the .venv python (scripts/setup-python.sh)");
+            .expect(
+                "run tests/fixtures/make_images.py with the .venv python (scripts/setup-python.sh)",
+            );
         assert!(status.success(), "make_images.py failed");
         dir
     })
@@ -59,7 +61,12 @@ pub struct ServerOptions {
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        ServerOptions { yaml: String::new(), args: Vec::new(), env: Vec::new(), wait_ready: true }
+        ServerOptions {
+            yaml: String::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+            wait_ready: true,
+        }
     }
 }
 
@@ -74,7 +81,11 @@ pub struct Server {
 
 /// A free loopback port (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Server {
@@ -101,7 +112,9 @@ impl Server {
         std::fs::write(&config, yaml).unwrap();
         let mut cmd = Command::new(EXE);
         cmd.arg("run").arg("--config").arg(&config).args(&opts.args);
-        cmd.current_dir(dir.path()).env("COMPOX_TEST_FAULTS", "1").env_remove("VIRTUAL_ENV");
+        cmd.current_dir(dir.path())
+            .env("COMPOX_TEST_FAULTS", "1")
+            .env_remove("VIRTUAL_ENV");
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
@@ -116,8 +129,18 @@ impl Server {
             }
         });
         let base = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
-        let server = Server { child, port, base, dir, log, client };
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap();
+        let server = Server {
+            child,
+            port,
+            base,
+            dir,
+            log,
+            client,
+        };
         server.wait_up(opts.wait_ready);
         server
     }
@@ -135,7 +158,11 @@ impl Server {
             if ok {
                 return;
             }
-            assert!(Instant::now() < deadline, "server did not come up; log:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "server did not come up; log:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -159,7 +186,13 @@ impl Server {
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
-        let r = self.client.post(self.url(path)).json(body).send().await.unwrap();
+        let r = self
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
@@ -179,14 +212,25 @@ impl Server {
     /// Uploads a file through `POST /api/v0/files`; returns the file id.
     pub async fn upload(&self, path: &Path) -> String {
         let body = std::fs::read(path).unwrap();
-        let r = self.client.post(self.url("/api/v0/files")).body(body).send().await.unwrap();
+        let r = self
+            .client
+            .post(self.url("/api/v0/files"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 200);
         let v: Value = r.json().await.unwrap();
         v["file_id"].as_str().unwrap().to_string()
     }
 
     pub async fn download(&self, file_id: &str) -> Vec<u8> {
-        let r = self.client.get(self.url(&format!("/api/v0/files/{file_id}"))).send().await.unwrap();
+        let r = self
+            .client
+            .get(self.url(&format!("/api/v0/files/{file_id}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 200);
         r.bytes().await.unwrap().to_vec()
     }
@@ -222,16 +266,25 @@ impl Server {
     }
 
     /// Polls until the execution is terminal; returns the record and every status seen.
-    pub async fn wait_terminal(&self, execution_id: &str, timeout: Duration) -> (Value, Vec<String>) {
+    pub async fn wait_terminal(
+        &self,
+        execution_id: &str,
+        timeout: Duration,
+    ) -> (Value, Vec<String>) {
         let deadline = Instant::now() + timeout;
         let mut seen: Vec<String> = Vec::new();
         let mut last_progress = 0.0f64;
         loop {
-            let (status, rec) = self.get(&format!("/api/v0/executions/{execution_id}")).await;
+            let (status, rec) = self
+                .get(&format!("/api/v0/executions/{execution_id}"))
+                .await;
             assert_eq!(status, 200, "{rec}");
             let s = rec["status"].as_str().unwrap().to_string();
             let p = rec["progress"].as_f64().unwrap();
-            assert!(p + 1e-9 >= last_progress || s == "FAILED", "progress went backwards: {last_progress} -> {p}");
+            assert!(
+                p + 1e-9 >= last_progress || s == "FAILED",
+                "progress went backwards: {last_progress} -> {p}"
+            );
             last_progress = p;
             if seen.last() != Some(&s) {
                 seen.push(s.clone());
@@ -239,7 +292,11 @@ impl Server {
             if ["COMPLETED", "FAILED", "STOPPED"].contains(&s.as_str()) {
                 return (rec, seen);
             }
-            assert!(Instant::now() < deadline, "execution {execution_id} not finished; last {rec}\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "execution {execution_id} not finished; last {rec}\n{}",
+                self.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -307,8 +364,17 @@ with h5py.File(sys.argv[1], "r") as f:
         out[k] = info
 print(json.dumps(out))
 "#;
-    let out = Command::new(venv_python()).arg("-c").arg(script).arg(f.path()).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(venv_python())
+        .arg("-c")
+        .arg(script)
+        .arg(f.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -317,7 +383,11 @@ pub fn normalize(v: &Value) -> Value {
     match v {
         Value::String(s) => {
             let uuid_like = s.len() == 36 && s.chars().filter(|c| *c == '-').count() == 4;
-            let time_like = s.len() >= 19 && s.as_bytes().get(4) == Some(&b'-') && s.as_bytes().get(10).is_some_and(|c| *c == b' ' || *c == b'T');
+            let time_like = s.len() >= 19
+                && s.as_bytes().get(4) == Some(&b'-')
+                && s.as_bytes()
+                    .get(10)
+                    .is_some_and(|c| *c == b' ' || *c == b'T');
             if uuid_like {
                 Value::String("<id>".into())
             } else if time_like {
@@ -329,7 +399,16 @@ pub fn normalize(v: &Value) -> Value {
         Value::Array(items) => Value::Array(items.iter().map(normalize).collect()),
         Value::Object(map) => Value::Object(
             map.iter()
-                .map(|(k, x)| (k.clone(), if k == "log" || k == "storage_metrics" { Value::String("<skipped>".into()) } else { normalize(x) }))
+                .map(|(k, x)| {
+                    (
+                        k.clone(),
+                        if k == "log" || k == "storage_metrics" {
+                            Value::String("<skipped>".into())
+                        } else {
+                            normalize(x)
+                        },
+                    )
+                })
                 .collect(),
         ),
         other => other.clone(),
@@ -341,7 +420,10 @@ pub fn golden(name: &str) -> (u16, Value) {
     let path = repo().join("../shared/golden").join(format!("{name}.json"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let v: Value = serde_json::from_str(&text).unwrap();
-    (v["response"]["status"].as_u64().unwrap() as u16, v["response"]["body"].clone())
+    (
+        v["response"]["status"].as_u64().unwrap() as u16,
+        v["response"]["body"].clone(),
+    )
 }
 
 /// Asserts status and body equal the golden recording, ids/times/logs aside.

@@ -1,0 +1,63 @@
+//! `compox import-algorithm-bundle` (`platform.md` §1.12): runs the start-up import routine
+//! (hash gate, state document, semantic import) against the configured storage, offline.
+//! `--bundle-path` and `--key` replace the configured ones; the path's dynamic prefixes are
+//! expanded (the original forgets to).
+//!
+//! Like the original it only holds an in-process lock: a server running on the same storage at
+//! the same time can race with it.
+
+use super::bundle_common;
+use crate::actors::bundle_importer::StartupOutcome;
+
+pub fn run(config: &str, bundle_path: Option<String>, key: Option<String>) -> i32 {
+    let mut settings = match bundle_common::settings(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    if let Some(p) = bundle_path {
+        settings.storage.builtin_storage_bundle_path =
+            Some(crate::config::paths::expand_prefix(&p, &settings.info));
+    }
+    if let Some(k) = key {
+        settings.storage.builtin_storage_bundle_key = Some(k);
+    }
+    crate::logging::init_default();
+    let system = actix::System::new();
+    system.block_on(async {
+        let (bar, progress) = bundle_common::progress("importing");
+        let base = format!("http://127.0.0.1:{}", settings.port);
+        let result = crate::server::start_core_with(&settings, base, false, progress).await;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        match result.map(|core| core.startup_import) {
+            Ok(StartupOutcome::Imported(n)) => {
+                println!("Algorithm bundle import completed.");
+                println!("Algorithms imported: {n}");
+                0
+            }
+            Ok(StartupOutcome::AlreadyImported) => {
+                println!("Algorithm bundle import skipped: this bundle file was already imported.");
+                0
+            }
+            Ok(StartupOutcome::NotConfigured) => {
+                println!("Algorithm bundle import skipped: no bundle path or key configured.");
+                0
+            }
+            Ok(StartupOutcome::FileNotFound(p)) => {
+                println!(
+                    "Algorithm bundle import skipped: no bundle file at {}.",
+                    p.display()
+                );
+                0
+            }
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                1
+            }
+        }
+    })
+}
