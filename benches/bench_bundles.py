@@ -12,10 +12,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-from common import REPO, VENV, free_port
+from common import REPO, VENV, free_port, vm
 
 SIZES_MIB = [128] + [16] * 4 + [1] * 8
 
@@ -31,16 +32,30 @@ def newest_binary() -> Path:
 
 
 def run(cmd: list[str], cwd: Path) -> tuple[float, float, str]:
-    """Runs `cmd`; returns (seconds, peak RSS in MiB of that process, stdout)."""
+    """Runs `cmd`; returns (seconds, peak RSS in MiB of that process, stdout).
+
+    The peak is VmHWM sampled from /proc every 5 ms: `ru_maxrss` would include this Python
+    process's own footprint, which a child inherits across fork and exec."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"})
-    out = proc.stdout.read().decode()
-    err = proc.stderr.read().decode()
-    _, status, usage = os.wait4(proc.pid, 0)
+    peak = [0.0]
+
+    def sample() -> None:
+        while proc.poll() is None:
+            try:
+                peak[0] = max(peak[0], vm(proc.pid, "VmHWM"))
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    out, err = proc.communicate()
     seconds = time.perf_counter() - start
-    if status != 0:
-        raise SystemExit(f"{cmd[:2]} failed ({status}):\n{out}\n{err}")
-    return seconds, usage.ru_maxrss / 1024.0, out
+    sampler.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd[:2]} failed ({proc.returncode}):\n{out.decode()}\n{err.decode()}")
+    return seconds, peak[0], out.decode()
 
 
 def config(dir: Path) -> Path:

@@ -9,5 +9,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check \
   "numpy<3" "h5py>=3.8" "pydantic>=2,<3" "scikit-image>=0.22" "python-minifier>=2.9" \
-  "pytest>=7" "pydicom>=2.4"
+  "pytest>=7" "pydicom>=2.4" "moto[server]>=5,<6"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ./python

@@ -97,6 +97,9 @@ pub enum DeployError {
     InvalidAlgorithm(String),
     #[error("Failed to create algorithm module: {0}")]
     ModuleCreateFailed(String),
+    /// `check_importable` is on and importing the built module or calling `Runner()` failed.
+    #[error("The algorithm module could not be imported: {0}")]
+    ImportCheckFailed(String),
     #[error("Async deploy requires fastapi_background_tasks executor.")]
     AsyncNeedsInProcessExecutor,
     #[error("Deploy record not found")]
@@ -305,6 +308,7 @@ impl ApiError {
                 ),
                 D::InvalidAlgorithm(_) => row(400, "algorithm_deploy_failed", None),
                 D::ModuleCreateFailed(_) => row(400, "algorithm_module_create_failed", None),
+                D::ImportCheckFailed(_) => row(400, "algorithm_module_import_check_failed", None),
                 D::AsyncNeedsInProcessExecutor => row(400, "invalid_async_deploy_executor", None),
                 D::RecordNotFound { deploy_id } => row(
                     404,

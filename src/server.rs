@@ -151,14 +151,19 @@ fn backend_factory(settings: &Settings, signer: UrlSigner) -> anyhow::Result<Bac
                 )) as _
             }))
         }
-        // FIXME(issue 5: the aws-sdk-s3 backend and the MinIO supervisor are not written yet)
-        BackendSettings::Minio(_) | BackendSettings::Aws(_) => anyhow::bail!(
-            "storage provider {:?} is not supported by this build yet; use provider: filesystem",
-            match &settings.storage.backend_settings {
-                BackendSettings::Minio(_) => "minio",
-                _ => "aws",
-            }
-        ),
+        BackendSettings::Minio(_) | BackendSettings::Aws(_) => {
+            let cfg = crate::storage::s3::S3Config::from_backend(
+                &settings.storage.backend_settings,
+                &settings.storage.collection_prefix,
+                settings.storage.access_key_id.clone(),
+                settings.storage.secret_access_key.clone(),
+                ExpiryRules::from_settings(&settings.storage),
+            )
+            .context("S3 settings")?;
+            Ok(Arc::new(move || {
+                Arc::new(crate::storage::s3::S3Backend::new(cfg.clone())) as _
+            }))
+        }
     }
 }
 
@@ -188,6 +193,8 @@ fn worker_specs(settings: &Settings, gpu: Option<usize>) -> Vec<WorkerSpec> {
     let storage = StorageSpec {
         backend: settings.storage.backend_settings.clone(),
         collection_prefix: settings.storage.collection_prefix.clone(),
+        access_key_id: settings.storage.access_key_id.clone(),
+        secret_access_key: settings.storage.secret_access_key.clone(),
     };
     let base = WorkerSpec {
         exe,

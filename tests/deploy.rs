@@ -2150,3 +2150,30 @@ async fn delete_algorithm_removes_its_checkpoints() {
         assert!(keys(&server, c).is_empty(), "{c}: {:?}", keys(&server, c));
     }
 }
+
+/// `check_importable = true` imports the built module in a child process before anything is
+/// stored (`algorithms.md` §1.4, §2.3 step 9).
+#[tokio::test]
+async fn check_importable_refuses_a_module_that_does_not_import() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let good = copy_algorithm("noop", tmp.path(), "noop_checked");
+    edit_pyproject(&good, "[tool.compox]", "[tool.compox]\ncheck_importable = true");
+    let body = deploy_path_ok(&server, &good, &[]).await;
+    assert_eq!(body["algorithm_name"], "noop");
+
+    let bad = copy_algorithm("bad_import", tmp.path(), "bad_checked");
+    edit_pyproject(&bad, "[tool.compox]", "[tool.compox]\ncheck_importable = true");
+    let modules = list_keys(&server.store(), "module-store");
+    let assets = list_keys(&server.store(), "asset-store");
+    let (status, body) = deploy_with(&server, &bad, &[]).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "algorithm_module_import_check_failed");
+    assert!(body["detail"].as_str().unwrap().contains("definitely_not_installed_pkg"), "{body}");
+    assert_eq!(list_keys(&server.store(), "module-store"), modules);
+    assert_eq!(list_keys(&server.store(), "asset-store"), assets);
+
+    // Without the switch the same folder deploys (the failure shows at execution time).
+    let plain = copy_algorithm("bad_import", tmp.path(), "bad_plain");
+    assert_eq!(deploy_with(&server, &plain, &[]).await.0, 200);
+}

@@ -243,7 +243,7 @@ async fn presigned_urls_work_with_plain_http_and_check_names() {
     // The signature covers method and key.
     assert_eq!(
         s.client
-            .get(&put_url.replace("method=PUT", "method=GET"))
+            .get(put_url.replace("method=PUT", "method=GET"))
             .send()
             .await
             .unwrap()
@@ -488,6 +488,7 @@ async fn tls_from_ssl_settings() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = child.kill();
+    let _ = child.wait();
     assert_eq!(body["version"], "3.2.0");
 
     // A missing key file stops start-up with a clear message.

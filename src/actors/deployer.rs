@@ -1011,6 +1011,11 @@ impl Pipeline {
         )
         .await
         .map_err(DeployError::ModuleCreateFailed)?;
+        if cfg.check_importable {
+            module::check_import(&self.config.python_tool, &built)
+                .await
+                .map_err(DeployError::ImportCheckFailed)?;
+        }
         for w in &built.warnings {
             tracing::warn!(warning = %w, algorithm = %name, "module build");
         }

@@ -156,6 +156,8 @@ pub enum PythonTool {
         #[arg(long = "pyc-only", action = clap::ArgAction::Set)]
         pyc_only: bool,
     },
+    /// Imports a built module zip and instantiates its `Runner` (`check_importable`).
+    CheckImport { zip: String, module_id: String },
 }
 
 /// Runs the parsed command; returns the exit code.
@@ -275,5 +277,8 @@ pub fn dispatch(cli: Cli) -> i32 {
                     pyc_only,
                 },
         } => crate::worker::run_deploy_tool(&package, obfuscate, pyc_only),
+        Command::PythonTool {
+            tool: PythonTool::CheckImport { zip, module_id },
+        } => crate::worker::run_check_import(&zip, &module_id),
     }
 }

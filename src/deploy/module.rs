@@ -132,6 +132,37 @@ async fn run_tool(
         .unwrap_or_default())
 }
 
+/// `check_importable`: imports the built zip in a child process with a 20 s limit.
+pub async fn check_import(tool: &PythonTool, module: &BuiltModule) -> Result<(), String> {
+    let mut cmd = tokio::process::Command::new(&tool.exe);
+    cmd.arg("python-tool")
+        .arg("check-import")
+        .arg(&module.zip_path)
+        .arg(&module.module_id)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if let Some(env) = &tool.python_env {
+        cmd.env("COMPOX_PYTHON_ENV", env);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
+        .await
+        .map_err(|_| "importing the module took longer than 20 s".to_string())?
+        .map_err(|e| format!("cannot start the import check: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let parsed: serde_json::Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_default();
+    Err(parsed["error"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).trim().to_string()))
+}
+
 fn files_under(dir: &Path, base: &Path, out: &mut Vec<(String, PathBuf)>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;

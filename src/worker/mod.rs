@@ -226,8 +226,47 @@ pub fn open_backend(spec: &StorageSpec) -> anyhow::Result<Arc<dyn Backend>> {
                 crate::storage::filesystem::UrlSigner::new(String::new()),
             ),
         )),
-        // FIXME(S3/MinIO backend not written yet, issue 5): workers support the filesystem store only.
-        other => anyhow::bail!("storage provider {other:?} is not supported yet"),
+        // Workers never create collections, so they need no expiry rules.
+        other => {
+            let cfg = crate::storage::s3::S3Config::from_backend(
+                other,
+                &spec.collection_prefix,
+                spec.access_key_id.clone(),
+                spec.secret_access_key.clone(),
+                crate::storage::ExpiryRules::default(),
+            )
+            .ok_or_else(|| anyhow::anyhow!("no S3 settings in {other:?}"))?;
+            Ok(Arc::new(crate::storage::s3::S3Backend::new(cfg)))
+        }
+    }
+}
+
+/// `compox python-tool check-import ZIP MODULE_ID`: puts the module zip on `sys.path`, imports the
+/// package, reads its `Runner` and calls `Runner()` (`algorithms.md` §2.3 step 9).
+pub fn run_check_import(zip: &str, module_id: &str) -> i32 {
+    let env = python_env::resolve_env(std::env::var("COMPOX_PYTHON_ENV").ok().as_deref());
+    let result = python_env::init(env.as_deref()).and_then(|_| {
+        Python::with_gil(|py| -> PyResult<()> {
+            let sys = py.import("sys")?;
+            sys.getattr("path")?.call_method1("insert", (0, zip))?;
+            let package = py.import("importlib")?.call_method1("import_module", (module_id,))?;
+            package.getattr("Runner")?.call0()?;
+            Ok(())
+        })
+    });
+    match result {
+        Ok(()) => {
+            println!("{}", serde_json::json!({ "warnings": [] }));
+            0
+        }
+        Err(e) => {
+            let text = Python::with_gil(|py| {
+                let ty = e.get_type(py).name().map(|n| n.to_string()).unwrap_or_else(|_| "Error".into());
+                format!("{ty}: {}", e.value(py))
+            });
+            println!("{}", serde_json::json!({ "error": text }));
+            1
+        }
     }
 }
 

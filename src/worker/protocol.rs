@@ -40,6 +40,12 @@ pub enum FromWorker {
 pub struct StorageSpec {
     pub backend: crate::config::BackendSettings,
     pub collection_prefix: String,
+    /// `storage.access_key_id`/`secret_access_key` of the server (S3 providers); the worker's
+    /// own defaults would be other random values.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
 }
 
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {

@@ -57,6 +57,8 @@ pub struct ServerOptions {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub wait_ready: bool,
+    /// Replaces the generated `storage:` block (e.g. [`s3_storage_yaml`]).
+    pub storage_yaml: Option<String>,
 }
 
 impl Default for ServerOptions {
@@ -66,6 +68,7 @@ impl Default for ServerOptions {
             args: Vec::new(),
             env: Vec::new(),
             wait_ready: true,
+            storage_yaml: None,
         }
     }
 }
@@ -102,10 +105,15 @@ impl Server {
     pub fn start_in(dir: tempfile::TempDir, opts: ServerOptions) -> Server {
         let port = free_port();
         let config = dir.path().join("compox.yaml");
+        let storage = opts.storage_yaml.clone().unwrap_or_else(|| {
+            format!(
+                "storage:\n  backend_settings:\n    provider: filesystem\n    storage_path: {}\n",
+                dir.path().join("store").display()
+            )
+        });
         let yaml = format!(
-            "port: {port}\nlog_path: {log}\nstorage:\n  backend_settings:\n    provider: filesystem\n    storage_path: {store}\ninference:\n  device: cpu\n  python_env: {venv}\n  stop_grace_period_s: 3.0\n{extra}",
+            "port: {port}\nlog_path: {log}\n{storage}inference:\n  device: cpu\n  python_env: {venv}\n  stop_grace_period_s: 3.0\n{extra}",
             log = dir.path().join("logs/compox.log").display(),
-            store = dir.path().join("store").display(),
             venv = venv().display(),
             extra = opts.yaml,
         );
@@ -431,4 +439,70 @@ pub fn assert_golden(name: &str, status: u16, body: &Value) {
     let (gs, gb) = golden(name);
     assert_eq!(status, gs, "{name}: status");
     assert_eq!(normalize(body), normalize(&gb), "{name}: body");
+}
+
+/// Credentials the S3-backed test servers use (moto accepts any).
+pub const S3_ACCESS_KEY: &str = "compox-test-key";
+pub const S3_SECRET_KEY: &str = "compox-test-secret";
+
+/// `moto_server` from the test venv (`scripts/setup-python.sh` installs `moto[server]`).
+pub fn moto_server_exe() -> PathBuf {
+    venv().join("bin/moto_server")
+}
+
+/// An in-memory S3 server (`moto_server`) on a free loopback port, killed on drop.
+pub struct Moto {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let port = free_port();
+        let child = Command::new(moto_server_exe())
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start .venv/bin/moto_server (scripts/setup-python.sh installs moto[server])");
+        let moto = Moto { child, port };
+        wait_http_ok(&moto.endpoint(), Duration::from_secs(60));
+        moto
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `url` answers anything below 500.
+pub fn wait_http_ok(url: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let code = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", url])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).parse::<u16>().unwrap_or(0))
+            .unwrap_or(0);
+        if (200..500).contains(&code) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{url} did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The `storage:` block of a server on an S3 server at `port` (`provider: minio`, no instance
+/// started), with explicit credentials and an optional collection prefix.
+pub fn s3_storage_yaml(port: u16, prefix: &str) -> String {
+    format!(
+        "storage:\n  collection_prefix: \"{prefix}\"\n  access_key_id: {S3_ACCESS_KEY}\n  secret_access_key: {S3_SECRET_KEY}\n  backend_settings:\n    provider: minio\n    start_instance: false\n    port: {port}\n"
+    )
 }
