@@ -12,6 +12,7 @@ use crate::actors::deployer::{Deployer, DeployerConfig};
 use crate::actors::emergency_writer::{EmergencyWriter, PurgeEmergencyRecords};
 use crate::actors::executor::WorkerSpec;
 use crate::actors::executor_pool::{ExecutorPool, PoolConfig, ShutdownPool};
+use crate::actors::minio_supervisor::{MinioLaunch, MinioSupervisor, StopMinio};
 use crate::actors::stop_registry::StopRegistry;
 use crate::actors::storage_gateway::{flatten, BackendFactory, EnsureCollections, StorageGateway};
 use crate::config::{BackendSettings, ExecutorSettings, InferenceDevice, Settings};
@@ -286,7 +287,16 @@ async fn serve(settings: Settings) -> anyhow::Result<i32> {
     let base_url = format!("{scheme}://{shown_host}:{}", addr.port());
 
     let gpu_count = crate::config::gpu_probe();
-    let core = start_core(&settings, base_url.clone(), true).await?;
+    // MinIO first (`platform.md` §3.1): healthy before the gateway creates its buckets; stopped
+    // again if anything later in the start-up fails.
+    let minio = start_minio(&settings).await?;
+    let core = match start_core(&settings, base_url.clone(), true).await {
+        Ok(core) => core,
+        Err(e) => {
+            stop_minio(minio).await;
+            return Err(e);
+        }
+    };
     let cache_root = settings.module_cache_root();
     std::fs::create_dir_all(&cache_root).ok();
     clean_dead_module_caches(&cache_root);
@@ -331,9 +341,33 @@ async fn serve(settings: Settings) -> anyhow::Result<i32> {
         version = env!("CARGO_PKG_VERSION"),
         "compox listening on {base_url}"
     );
-    server.run().await?;
+    let served = server.run().await;
     tracing::info!("HTTP server stopped; stopping workers");
     let _ = pool.send(ShutdownPool).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
+    stop_minio(minio).await;
+    served?;
     Ok(0)
+}
+
+/// The MinIO supervisor, for `provider: minio` with `start_instance: true`.
+async fn start_minio(settings: &Settings) -> anyhow::Result<Option<Addr<MinioSupervisor>>> {
+    let BackendSettings::Minio(m) = &settings.storage.backend_settings else {
+        return Ok(None);
+    };
+    if !m.start_instance {
+        return Ok(None);
+    }
+    let launch = MinioLaunch::from_settings(
+        m,
+        settings.storage.access_key_id.as_deref(),
+        settings.storage.secret_access_key.as_deref(),
+    );
+    Ok(Some(crate::actors::minio_supervisor::start(launch).await?))
+}
+
+async fn stop_minio(minio: Option<Addr<MinioSupervisor>>) {
+    if let Some(minio) = minio {
+        let _ = minio.send(StopMinio).await;
+    }
 }

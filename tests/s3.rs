@@ -176,7 +176,11 @@ async fn file_routes_round_trip_tag_and_delete_on_s3() {
         .send()
         .await
         .unwrap();
-    let tags: Vec<(&str, &str)> = tags.tag_set().iter().map(|t| (t.key(), t.value())).collect();
+    let tags: Vec<(&str, &str)> = tags
+        .tag_set()
+        .iter()
+        .map(|t| (t.key(), t.value()))
+        .collect();
     assert_eq!(tags, vec![("training_ref", "0")]);
 
     // Not HDF5: refused, and nothing stored.
@@ -194,7 +198,7 @@ async fn file_routes_round_trip_tag_and_delete_on_s3() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(r.status().as_u16(), 422, "not HDF5");
     let after = client
         .list_objects_v2()
         .bucket("data-store")
@@ -263,7 +267,9 @@ async fn presigned_urls_upload_and_download_with_plain_http() {
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.bytes().await.unwrap().to_vec(), body);
 
-    let (status, v) = server.get("/api/v1/files/missing-object/download-url").await;
+    let (status, v) = server
+        .get("/api/v1/files/missing-object/download-url")
+        .await;
     assert_eq!(status, 404, "{v}");
 
     let (status, _) = server.delete("/api/v1/files/my-object").await;
@@ -288,7 +294,10 @@ async fn presigned_url_host_is_rewritten_with_s3_domain_name() {
     assert_eq!(status, 200, "{v}");
     let url = v["url"].as_str().unwrap();
     assert!(
-        url.starts_with(&format!("http://files.example.test:{}/data-store/obj?", moto.port)),
+        url.starts_with(&format!(
+            "http://files.example.test:{}/data-store/obj?",
+            moto.port
+        )),
         "{url}"
     );
 }
@@ -350,10 +359,16 @@ async fn backend_operations_listing_past_1000_keys_and_tags() {
         ("training_ref".to_string(), "2".to_string()),
         ("x".to_string(), "y".to_string()),
     ]);
-    b.put_tags(DATA_STORE, "d1", new_tags.clone()).await.unwrap();
+    b.put_tags(DATA_STORE, "d1", new_tags.clone())
+        .await
+        .unwrap();
     assert_eq!(b.get_tags(DATA_STORE, "d1").await.unwrap(), new_tags);
     // Other collections are not tagged.
-    assert!(b.get_tags("asset-store", "k00001").await.unwrap().is_empty());
+    assert!(b
+        .get_tags("asset-store", "k00001")
+        .await
+        .unwrap()
+        .is_empty());
     assert!(matches!(
         b.get_tags(DATA_STORE, "nope").await,
         Err(StorageError::NotFound { .. })
@@ -434,7 +449,8 @@ async fn storage_errors_are_normalised() {
         .unwrap_err();
     assert_eq!(err.code(), "storage_write_failed", "{err}");
     assert!(
-        err.to_string().starts_with("put_objects to asset-store failed"),
+        err.to_string()
+            .starts_with("put_objects to asset-store failed"),
         "{err}"
     );
     assert!(!err.retryable());
@@ -449,7 +465,11 @@ async fn deploy_upload_execute_download_on_s3() {
     let alg = server.deploy_ok("tv_denoiser").await;
     let input = server.upload(&common::images().join("ct_slice.h5")).await;
     let id = server
-        .execute(&alg, std::slice::from_ref(&input), json!({"denoising_weight": 0.2}))
+        .execute(
+            &alg,
+            std::slice::from_ref(&input),
+            json!({"denoising_weight": 0.2}),
+        )
         .await;
     let (rec, _) = server.wait_terminal(&id, Duration::from_secs(180)).await;
     assert_eq!(rec["status"], "COMPLETED", "{rec}\n{}", server.log_text());
@@ -479,4 +499,193 @@ async fn deploy_upload_execute_download_on_s3() {
         .await
         .unwrap();
     assert!(modules.key_count().unwrap_or(0) >= 1);
+}
+
+// ---- MinIO supervisor (`provider: minio`, `start_instance: true`) with tests/fixtures/fake_minio.py
+
+fn fake_minio() -> std::path::PathBuf {
+    common::repo().join("tests/fixtures/fake_minio.py")
+}
+
+fn supervised_yaml(exe: &std::path::Path, minio_dir: &std::path::Path, extra: &str) -> String {
+    format!(
+        "storage:\n  access_key_id: {S3_ACCESS_KEY}\n  secret_access_key: {S3_SECRET_KEY}\n{extra}  backend_settings:\n    provider: minio\n    start_instance: true\n    port: {port}\n    console_port: {console}\n    executable_path: {exe}\n    storage_path: {dir}\n",
+        port = common::free_port(),
+        console = common::free_port(),
+        exe = exe.display(),
+        dir = minio_dir.display(),
+    )
+}
+
+/// The stand-in's launches so far: (pid, argv).
+fn launches(minio_dir: &std::path::Path) -> Vec<(i32, Vec<String>)> {
+    std::fs::read_to_string(minio_dir.join("launches.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let argv = v["argv"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_string())
+                .collect();
+            (v["pid"].as_i64().unwrap() as i32, argv)
+        })
+        .collect()
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie is dead for our purposes: read its state.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn supervisor_starts_minio_restarts_it_and_stops_it_with_the_server() {
+    let moto = Moto::start();
+    let minio_dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_with(ServerOptions {
+        storage_yaml: Some(supervised_yaml(&fake_minio(), minio_dir.path(), "")),
+        env: vec![(
+            "FAKE_MINIO_BACKEND".into(),
+            format!("127.0.0.1:{}", moto.port),
+        )],
+        wait_ready: false,
+        ..Default::default()
+    });
+    let first = launches(minio_dir.path());
+    assert_eq!(first.len(), 1, "{}", server.log_text());
+    let (pid, argv) = first[0].clone();
+    assert_eq!(argv[0], "server");
+    assert_eq!(argv[1], minio_dir.path().display().to_string());
+    assert_eq!(argv[2], "--console-address");
+    assert!(
+        argv[3].starts_with(':') && argv[5].starts_with(':'),
+        "{argv:?}"
+    );
+    assert!(alive(pid));
+
+    let coins = std::fs::read(common::images().join("coins.h5")).unwrap();
+    let id = server.upload(&common::images().join("coins.h5")).await;
+
+    // Kill MinIO: the supervisor starts it again and nothing stored is lost.
+    // SAFETY: signalling the stand-in process the test just read the pid of.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_until("a restarted MinIO", Duration::from_secs(30), || {
+        launches(minio_dir.path()).len() == 2
+    });
+    let (pid2, _) = launches(minio_dir.path())[1].clone();
+    assert_ne!(pid, pid2);
+    assert!(
+        server.log_text().contains("MinIO exited; restarting"),
+        "{}",
+        server.log_text()
+    );
+    common::wait_http_ok(
+        &format!(
+            "http://127.0.0.1:{}/minio/health/live",
+            argv[5].trim_start_matches(':')
+        ),
+        Duration::from_secs(30),
+    );
+    assert_eq!(server.download(&id).await, coins);
+    let id2 = server.upload(&common::images().join("coins.h5")).await;
+    assert_eq!(server.download(&id2).await, coins);
+
+    // Shutdown stops MinIO too.
+    server.terminate();
+    wait_until(
+        "MinIO to stop with the server",
+        Duration::from_secs(10),
+        || !alive(pid2),
+    );
+}
+
+#[tokio::test]
+async fn missing_minio_binary_stops_startup_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("bin/minio");
+    let config = dir.path().join("compox.yaml");
+    let port = common::free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "port: {port}\n{}",
+            supervised_yaml(&missing, &dir.path().join("minio"), "")
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::EXE)
+        .args(["run", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("MinIO binary not found at {}", missing.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("executable_path"), "{stderr}");
+    // It never listened.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}
+
+#[tokio::test]
+async fn failed_startup_after_minio_started_leaves_no_minio_running() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let minio_dir = dir.path().join("minio");
+    let bundle = dir.path().join("broken.bundle");
+    std::fs::write(&bundle, b"not a bundle").unwrap();
+    let extra = format!(
+        "  builtin_storage_bundle_path: {}\n  builtin_storage_bundle_key: some-key\n",
+        bundle.display()
+    );
+    let config = dir.path().join("compox.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "port: {}\n{}",
+            common::free_port(),
+            supervised_yaml(&fake_minio(), &minio_dir, &extra)
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::EXE)
+        .args(["run", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .env("FAKE_MINIO_BACKEND", format!("127.0.0.1:{}", moto.port))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("importing the algorithm bundle failed"),
+        "{stderr}"
+    );
+    let started = launches(&minio_dir);
+    assert_eq!(started.len(), 1, "MinIO was started first: {stderr}");
+    wait_until("no MinIO left running", Duration::from_secs(5), || {
+        !alive(started[0].0)
+    });
 }

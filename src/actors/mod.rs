@@ -10,6 +10,7 @@ pub mod deployer;
 pub mod emergency_writer;
 pub mod executor;
 pub mod executor_pool;
+pub mod minio_supervisor;
 pub mod stop_registry;
 pub mod storage_gateway;
 

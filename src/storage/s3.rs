@@ -17,15 +17,15 @@ use super::{
 use crate::config::BackendSettings;
 use async_trait::async_trait;
 use aws_sdk_s3::config::{
-    BehaviorVersion, Credentials, Region, RequestChecksumCalculation,
-    ResponseChecksumValidation, SharedCredentialsProvider,
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    SharedCredentialsProvider,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
 use aws_sdk_s3::types::{
     BucketLifecycleConfiguration, BucketLocationConstraint, CompletedMultipartUpload,
-    CompletedPart, CreateBucketConfiguration, ExpirationStatus, LifecycleExpiration,
-    LifecycleRule, LifecycleRuleFilter, Tag, Tagging,
+    CompletedPart, CreateBucketConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule,
+    LifecycleRuleFilter, Tag, Tagging,
 };
 use aws_sdk_s3::Client;
 use base64::Engine as _;
@@ -119,7 +119,8 @@ fn http_client() -> aws_sdk_s3::config::SharedHttpClient {
 #[derive(Debug)]
 struct LazyDefaultChain {
     region: Option<Region>,
-    chain: tokio::sync::OnceCell<aws_config::default_provider::credentials::DefaultCredentialsChain>,
+    chain:
+        tokio::sync::OnceCell<aws_config::default_provider::credentials::DefaultCredentialsChain>,
 }
 
 impl aws_sdk_s3::config::ProvideCredentials for LazyDefaultChain {
@@ -298,7 +299,12 @@ impl S3Backend {
             .map_err(|e| normalise(op, e))
     }
 
-    async fn put_small(&self, collection: &str, key: &str, body: Bytes) -> Result<(), StorageError> {
+    async fn put_small(
+        &self,
+        collection: &str,
+        key: &str,
+        body: Bytes,
+    ) -> Result<(), StorageError> {
         self.client
             .put_object()
             .bucket(self.bucket(collection))
@@ -459,13 +465,12 @@ impl S3Backend {
             PresignMethod::Get => "get_presigned_download_url",
             PresignMethod::Put => "get_presigned_upload_url",
         };
-        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(Duration::from_secs(
-            expires_s,
-        ))
-        .map_err(|e| StorageError::WriteFailed {
-            operation: op.into(),
-            message: e.to_string(),
-        })?;
+        let config =
+            aws_sdk_s3::presigning::PresigningConfig::expires_in(Duration::from_secs(expires_s))
+                .map_err(|e| StorageError::WriteFailed {
+                    operation: op.into(),
+                    message: e.to_string(),
+                })?;
         let bucket = self.bucket(collection);
         let presigned = match method {
             PresignMethod::Get => self
@@ -857,7 +862,10 @@ mod tests {
     #[test]
     fn host_rewrite_keeps_scheme_port_path_and_query() {
         assert_eq!(
-            replace_host("http://localhost:9000/b/k?X-Amz-Signature=1", "files.example"),
+            replace_host(
+                "http://localhost:9000/b/k?X-Amz-Signature=1",
+                "files.example"
+            ),
             "http://files.example:9000/b/k?X-Amz-Signature=1"
         );
         assert_eq!(

@@ -489,7 +489,11 @@ pub fn wait_http_ok(url: &str, timeout: Duration) {
         let code = Command::new("curl")
             .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", url])
             .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).parse::<u16>().unwrap_or(0))
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .parse::<u16>()
+                    .unwrap_or(0)
+            })
             .unwrap_or(0);
         if (200..500).contains(&code) {
             return;
