@@ -297,6 +297,10 @@ async fn serve(settings: Settings) -> anyhow::Result<i32> {
             return Err(e);
         }
     };
+    let _ = core
+        .deployer
+        .send(crate::actors::deployer::FailUnfinishedDeploys)
+        .await;
     let cache_root = settings.module_cache_root();
     std::fs::create_dir_all(&cache_root).ok();
     clean_dead_module_caches(&cache_root);

@@ -2158,18 +2158,32 @@ async fn check_importable_refuses_a_module_that_does_not_import() {
     let server = Server::start();
     let tmp = tempfile::tempdir().unwrap();
     let good = copy_algorithm("noop", tmp.path(), "noop_checked");
-    edit_pyproject(&good, "[tool.compox]", "[tool.compox]\ncheck_importable = true");
+    edit_pyproject(
+        &good,
+        "[tool.compox]",
+        "[tool.compox]\ncheck_importable = true",
+    );
     let body = deploy_path_ok(&server, &good, &[]).await;
     assert_eq!(body["algorithm_name"], "noop");
 
     let bad = copy_algorithm("bad_import", tmp.path(), "bad_checked");
-    edit_pyproject(&bad, "[tool.compox]", "[tool.compox]\ncheck_importable = true");
+    edit_pyproject(
+        &bad,
+        "[tool.compox]",
+        "[tool.compox]\ncheck_importable = true",
+    );
     let modules = list_keys(&server.store(), "module-store");
     let assets = list_keys(&server.store(), "asset-store");
     let (status, body) = deploy_with(&server, &bad, &[]).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["code"], "algorithm_module_import_check_failed");
-    assert!(body["detail"].as_str().unwrap().contains("definitely_not_installed_pkg"), "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("definitely_not_installed_pkg"),
+        "{body}"
+    );
     assert_eq!(list_keys(&server.store(), "module-store"), modules);
     assert_eq!(list_keys(&server.store(), "asset-store"), assets);
 

@@ -1421,3 +1421,70 @@ async fn refused_final_write_leaves_failed_emergency_record() {
         "the primary was really left behind: {stored}"
     );
 }
+
+/// Worker robustness: what an algorithm writes to its descriptors, forks, or prints must not
+/// break the worker protocol or leave executions hanging.
+#[tokio::test]
+async fn workers_survive_raw_output_surrogates_and_forks() {
+    let server = Server::start();
+    let alg = server.deploy_ok("misbehaver").await;
+    let pid = worker_pid(&server, 0).await;
+    for mode in ["stderr_bytes", "fd1", "stderr_bytes", "fork_sys_exit"] {
+        let (rec, _) = run(&server, &alg, &[], json!({ "mode": mode })).await;
+        assert_eq!(rec["status"], "COMPLETED", "{mode}: {rec}");
+        assert!(
+            log_of(&rec).contains(&format!("misbehaver {mode} done")),
+            "{rec}"
+        );
+    }
+    let (rec, _) = run(&server, &alg, &[], json!({ "mode": "surrogate" })).await;
+    assert_eq!(rec["status"], "COMPLETED", "{rec}");
+    assert!(
+        log_of(&rec).contains("logged ? too"),
+        "lone surrogates are replaced: {rec}"
+    );
+    assert_eq!(
+        worker_pid(&server, 0).await,
+        pid,
+        "no worker restart was needed"
+    );
+
+    // A worker killed while a forked child holds its pipes is noticed at once, and the child
+    // (same process group) dies with it.
+    let id = server
+        .execute(&alg, &[], json!({ "mode": "fork_hang" }))
+        .await;
+    wait_record(&server, &id, "never running", |r| r["status"] == "RUNNING").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    // SAFETY: signalling the worker the server started for this test.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let (rec, _) = server.wait_terminal(&id, TERMINAL).await;
+    assert_eq!(rec["status"], "FAILED", "{rec}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "death noticed late: {:?}",
+        started.elapsed()
+    );
+    // Living members of the old worker's process group (zombies awaiting their reaper aside).
+    let alive = || {
+        let out = std::process::Command::new("pgrep")
+            .args(["-g", &pid.to_string()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|p| {
+                let stat =
+                    std::fs::read_to_string(format!("/proc/{}/stat", p.trim())).unwrap_or_default();
+                !stat.is_empty() && !stat.contains(") Z ")
+            })
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while alive() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(alive(), 0, "orphans left in the worker's process group");
+    wait_restarted(&server, 0, pid).await;
+}

@@ -522,3 +522,23 @@ async fn log_file_gets_operator_lines_but_not_polls() {
         "transfers are DEBUG only: {log}"
     );
 }
+
+#[tokio::test]
+async fn hdf5_files_with_a_user_block_are_accepted() {
+    let s = Server::start_with(ServerOptions {
+        wait_ready: false,
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ub.h5");
+    let script = "import sys, h5py, numpy as np\nwith h5py.File(sys.argv[1], 'w', userblock_size=512) as f:\n    f['image'] = np.zeros((8, 8), np.uint8)\n";
+    let ok = std::process::Command::new(common::venv_python())
+        .arg("-c")
+        .arg(script)
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let id = s.upload(&path).await;
+    assert_eq!(s.download(&id).await, std::fs::read(&path).unwrap());
+}

@@ -254,7 +254,7 @@ async fn startup_import(
         if m.key.is_some() { "True" } else { "False" },
     );
     let (Some(path), Some(key)) = (resolved, m.key.filter(|k| !k.is_empty())) else {
-        tracing::warn!(target: "compox::migration", "Algorithm bundle path/key is not fully configured.");
+        tracing::debug!(target: "compox::migration", "Algorithm bundle path/key is not fully configured.");
         write_state(storage, &state::skipped(&previous)).await?;
         return Ok(StartupOutcome::NotConfigured);
     };

@@ -53,6 +53,11 @@ pub struct DeployerConfig {
 struct IndexEntry {
     record: Value,
     item: ApiItem,
+    /// The serialized API view (empty for a broken record), served without re-encoding.
+    json: Bytes,
+    /// Lower-cased name and major, for the case-insensitive lookup of A1.
+    name_lc: String,
+    major_lc: String,
 }
 
 pub struct Deployer {
@@ -60,6 +65,8 @@ pub struct Deployer {
     emergency: Addr<EmergencyWriter>,
     config: DeployerConfig,
     index: BTreeMap<String, IndexEntry>,
+    /// The unfiltered A2 body, rebuilt after any index change.
+    list_cache: Option<Bytes>,
     loaded: bool,
     permit: Arc<Semaphore>,
     fail_next: bool,
@@ -76,6 +83,7 @@ impl Deployer {
             emergency,
             config,
             index: BTreeMap::new(),
+            list_cache: None,
             loaded: false,
             permit: Arc::new(Semaphore::new(1)),
             fail_next: false,
@@ -88,6 +96,7 @@ impl Deployer {
         ctx.wait(fut.into_actor(self).map(|res, act, _| match res {
             Ok(records) => {
                 act.index = records.into_iter().map(|(k, r)| (k, entry(r))).collect();
+                act.list_cache = None;
                 act.loaded = true;
                 tracing::info!(algorithms = act.index.len(), "algorithm index loaded");
             }
@@ -119,10 +128,35 @@ impl Deployer {
 }
 
 fn entry(record: Value) -> IndexEntry {
+    let item = api_item(&record);
+    let json = match &item {
+        ApiItem::Registered(v) | ApiItem::Failed(v) => {
+            Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+        }
+        ApiItem::Broken(_) => Bytes::new(),
+    };
+    let lower = |k: &str| record[k].as_str().unwrap_or_default().to_lowercase();
     IndexEntry {
-        item: api_item(&record),
+        name_lc: lower("algorithm_name"),
+        major_lc: lower("algorithm_major_version"),
+        item,
+        json,
         record,
     }
+}
+
+/// `[item,item,...]` from prebuilt item bytes.
+fn json_array<'a>(items: impl Iterator<Item = &'a Bytes>) -> Bytes {
+    let mut out = Vec::with_capacity(4096);
+    out.push(b'[');
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item);
+    }
+    out.push(b']');
+    Bytes::from(out)
 }
 
 /// Reads every record, recomputing and writing back missing or stale metrics.
@@ -258,6 +292,7 @@ impl Supervised for Deployer {
         tracing::warn!(actor = NAME, "restarting: reloading the algorithm index");
         self.fail_next = false;
         self.index.clear();
+        self.list_cache = None;
         self.load_index(ctx);
     }
 }
@@ -445,14 +480,14 @@ impl Handler<GetDeployRecord> for Deployer {
 
 /// A1: first record whose name and major equal the request case-insensitively.
 #[derive(Message)]
-#[rtype(result = "Result<Value, ApiError>")]
+#[rtype(result = "Result<Bytes, ApiError>")]
 pub struct GetAlgorithm {
     pub name: String,
     pub major: String,
 }
 
 impl Handler<GetAlgorithm> for Deployer {
-    type Result = Result<Value, ApiError>;
+    type Result = Result<Bytes, ApiError>;
     fn handle(&mut self, m: GetAlgorithm, ctx: &mut Context<Self>) -> Self::Result {
         let fail = std::mem::take(&mut self.fail_next);
         let index = &self.index;
@@ -469,19 +504,13 @@ impl Handler<GetAlgorithm> for Deployer {
                 }
                 .into());
             }
+            let (name, major) = (m.name.to_lowercase(), m.major.to_lowercase());
             for e in index.values() {
-                let name = e.record["algorithm_name"].as_str().unwrap_or_default();
-                let major = e.record["algorithm_major_version"]
-                    .as_str()
-                    .unwrap_or_default();
-                let hit = name.to_lowercase() == m.name.to_lowercase()
-                    && major.to_lowercase() == m.major.to_lowercase();
-                match (&e.item, hit) {
-                    (ApiItem::Broken(reason), _) => {
-                        return Err(AlgorithmError::ReadFailed(reason.clone()).into())
-                    }
-                    (ApiItem::Registered(v) | ApiItem::Failed(v), true) => return Ok(v.clone()),
-                    _ => {}
+                if let ApiItem::Broken(reason) = &e.item {
+                    return Err(AlgorithmError::ReadFailed(reason.clone()).into());
+                }
+                if e.name_lc == name && e.major_lc == major {
+                    return Ok(e.json.clone());
                 }
             }
             Err(AlgorithmError::NotFoundByName {
@@ -495,7 +524,7 @@ impl Handler<GetAlgorithm> for Deployer {
 
 /// A2 filters.
 #[derive(Message, Default)]
-#[rtype(result = "Result<Vec<Value>, ApiError>")]
+#[rtype(result = "Result<Bytes, ApiError>")]
 pub struct ListAlgorithms {
     pub positive_tags: Vec<String>,
     pub negative_tags: Vec<String>,
@@ -504,7 +533,7 @@ pub struct ListAlgorithms {
 }
 
 impl Handler<ListAlgorithms> for Deployer {
-    type Result = Result<Vec<Value>, ApiError>;
+    type Result = Result<Bytes, ApiError>;
     fn handle(&mut self, m: ListAlgorithms, ctx: &mut Context<Self>) -> Self::Result {
         if std::mem::take(&mut self.fail_next) {
             return guarded_sync(ctx, || panic!("fault injected into {NAME}"));
@@ -517,7 +546,16 @@ impl Handler<ListAlgorithms> for Deployer {
             }
             .into());
         }
-        let mut out = Vec::new();
+        let unfiltered = m.positive_tags.is_empty()
+            && m.negative_tags.is_empty()
+            && m.algorithm_type.is_none()
+            && m.supported_devices.is_empty();
+        if unfiltered {
+            if let Some(cached) = &self.list_cache {
+                return Ok(cached.clone());
+            }
+        }
+        let mut out: Vec<&Bytes> = Vec::new();
         for e in self.index.values() {
             let v = match &e.item {
                 ApiItem::Broken(reason) => {
@@ -563,9 +601,13 @@ impl Handler<ListAlgorithms> for Deployer {
                     continue;
                 }
             }
-            out.push(v.clone());
+            out.push(&e.json);
         }
-        Ok(out)
+        let body = json_array(out.into_iter());
+        if unfiltered {
+            self.list_cache = Some(body.clone());
+        }
+        Ok(body)
     }
 }
 
@@ -635,6 +677,7 @@ impl Handler<IndexChanged> for Deployer {
         if let Some((k, r)) = m.written {
             self.index.insert(k, entry(r));
         }
+        self.list_cache = None;
         self.loaded = true;
     }
 }
@@ -1535,4 +1578,78 @@ fn references_of<'a>(
         a.extend(assets);
     }
     (m, a)
+}
+
+/// Start-up of a server: async deploys a previous process left PENDING or RUNNING will never
+/// finish; mark them FAILED so clients stop polling (`rest-api.md` §6.4).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct FailUnfinishedDeploys;
+
+impl Handler<FailUnfinishedDeploys> for Deployer {
+    type Result = ResponseFuture<usize>;
+    fn handle(&mut self, _: FailUnfinishedDeploys, _: &mut Context<Self>) -> Self::Result {
+        let storage = self.storage.clone();
+        Box::pin(async move {
+            let Ok(items) = flatten(
+                storage
+                    .send(ListObjects {
+                        collection: DEPLOY_STORE,
+                    })
+                    .await,
+            ) else {
+                return 0;
+            };
+            let mut failed = 0;
+            for info in items {
+                let got = flatten(
+                    storage
+                        .send(GetBytes {
+                            collection: DEPLOY_STORE,
+                            key: info.key.clone(),
+                        })
+                        .await,
+                );
+                let Some(mut rec) = got
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                else {
+                    continue;
+                };
+                let status = rec["status"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_ascii_uppercase();
+                if status != "PENDING" && status != "RUNNING" {
+                    continue;
+                }
+                rec["status"] = json!("FAILED");
+                rec["time_completed"] = json!(local_now());
+                rec["log"] = json!(format!(
+                    "The server stopped before this deploy finished (it was {status})."
+                ));
+                let body = Bytes::from(serde_json::to_vec(&rec).unwrap_or_default());
+                if flatten(
+                    storage
+                        .send(PutBytes {
+                            collection: DEPLOY_STORE,
+                            key: info.key,
+                            body,
+                        })
+                        .await,
+                )
+                .is_ok()
+                {
+                    failed += 1;
+                }
+            }
+            if failed > 0 {
+                tracing::warn!(
+                    deploys = failed,
+                    "marked deploys left unfinished by a previous run as FAILED"
+                );
+            }
+            failed
+        })
+    }
 }

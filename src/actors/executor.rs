@@ -137,6 +137,8 @@ impl Executor {
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
+            // Its own process group, so a kill also reaches anything the algorithm forked.
+            .process_group(0)
             .kill_on_drop(true);
         if let Some(env) = &self.spec.python_env {
             cmd.env("COMPOX_PYTHON_ENV", env);
@@ -171,6 +173,7 @@ impl Executor {
         self.writer = Some(wtx);
         let me = ctx.address();
         let index = self.index;
+        let pid = self.pid;
         actix::spawn(async move {
             let mut out = stdout;
             loop {
@@ -178,25 +181,41 @@ impl Executor {
                     Ok(Some(frame)) => me.do_send(WorkerFrame { generation, frame }),
                     Ok(None) => break,
                     Err(e) => {
-                        tracing::warn!(worker = index, error = %e, "bad frame from worker");
+                        // A worker that breaks the protocol cannot be trusted: replace it.
+                        tracing::error!(worker = index, error = %e, "bad frame from worker; killing it");
+                        kill_group(pid);
                         break;
                     }
                 }
             }
+        });
+        // Death is noticed by waiting on the process itself, not by its pipes closing: a child the
+        // algorithm forked may hold them open.
+        let me = ctx.address();
+        actix::spawn(async move {
             let status = child
                 .wait()
                 .await
                 .map(describe_exit)
                 .unwrap_or_else(|e| format!("unknown ({e})"));
+            kill_group(pid);
             me.do_send(WorkerExited {
                 generation,
                 reason: status,
             });
         });
         actix::spawn(async move {
-            let mut lines = tokio::io::BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::debug!(worker = index, "{line}");
+            let mut reader = tokio::io::BufReader::new(stderr);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match reader.read_until(b'\n', &mut line).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let text = String::from_utf8_lossy(&line);
+                        tracing::debug!(worker = index, "{}", text.trim_end());
+                    }
+                }
             }
         });
         self.send_frame(&ToWorker::Init {
@@ -304,6 +323,14 @@ pub fn worker_exe(configured: &std::path::Path) -> PathBuf {
     }
 }
 
+/// Kills a worker and every process in its group (things the algorithm forked).
+fn kill_group(pid: Option<u32>) {
+    if let Some(pid) = pid {
+        // SAFETY: signalling our own child's process group; the worker leads it.
+        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+    }
+}
+
 /// "exit code 3" / "killed by signal 9 (SIGKILL)".
 fn describe_exit(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
@@ -329,8 +356,7 @@ impl Actor for Executor {
     fn stopping(&mut self, _: &mut Context<Self>) -> Running2 {
         self.shutting_down = true;
         if let Some(pid) = self.pid.take() {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            kill_group(Some(pid));
         }
         let _ = std::fs::remove_dir_all(&self.module_cache_dir);
         Running2::Stop
@@ -537,8 +563,7 @@ impl Executor {
             if still {
                 if let Some(pid) = act.pid {
                     tracing::warn!(worker = act.index, execution_id = %id, "algorithm ignored the stop request; killing its worker");
-                    // SAFETY: signalling our own child.
-                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    kill_group(Some(pid));
                 }
             }
         });
@@ -573,8 +598,7 @@ impl Handler<ShutdownExecutor> for Executor {
         self.fail_running("the server shut down", ctx);
         self.send_frame(&ToWorker::Shutdown);
         if let Some(pid) = self.pid.take() {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            kill_group(Some(pid));
         }
         let _ = std::fs::remove_dir_all(&self.module_cache_dir);
     }
@@ -626,6 +650,8 @@ async fn persister(
 ) {
     // A request for another execution found while coalescing waits here for its turn.
     let mut carry: Option<Persist> = None;
+    // The final record is flushed twice (last update, then `done`); report it once.
+    let mut reported: Option<String> = None;
     loop {
         let mut req = match carry.take() {
             Some(r) => r,
@@ -685,7 +711,10 @@ async fn persister(
                     collection: EXECUTION_STORE,
                     id: id.clone(),
                 });
-                tracing::info!(execution_id = %id, algorithm_id = %req.record.algorithm_id, status = %req.record.status, "execution finished");
+                if reported.as_deref() != Some(id.as_str()) {
+                    reported = Some(id.clone());
+                    tracing::info!(execution_id = %id, algorithm_id = %req.record.algorithm_id, status = %req.record.status, "execution finished");
+                }
             }
             Ok(()) => {}
             Err(e) => {

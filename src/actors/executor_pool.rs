@@ -702,6 +702,11 @@ impl Handler<DeleteExecutions> for ExecutorPool {
                         })
                         .await,
                 )
+                // A name no record can have has nothing to delete: M3 is idempotent.
+                .or_else(|e| match e {
+                    StorageError::InvalidKey { .. } => Ok(()),
+                    e => Err(e),
+                })
                 .map_err(|e| ExecutionError::RecordDeleteFailed(e.to_string()).into()),
                 None => {
                     let fail = |e: StorageError| {

@@ -222,7 +222,11 @@ async fn delete_existing_offline(core: &crate::server::Core, folder: &Path) {
             major: cfg.major.clone(),
         })
         .await;
-    if let Ok(Ok(v)) = lookup {
+    let found = lookup
+        .ok()
+        .and_then(Result::ok)
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    if let Some(v) = found {
         if let Some(id) = v["algorithm_id"].as_str() {
             let r = core
                 .deployer

@@ -445,7 +445,9 @@ mod tests {
             ]),
         )
         .unwrap();
-        let BackendSettings::Minio(m) = s.storage.backend_settings else { panic!("minio") };
+        let BackendSettings::Minio(m) = s.storage.backend_settings else {
+            panic!("minio")
+        };
         assert!(!m.start_instance);
     }
 

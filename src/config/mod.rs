@@ -32,7 +32,10 @@ mod lax {
             Scalar::Int(i) => i,
             Scalar::Bool(b) => i64::from(b),
             Scalar::Float(f) if f.fract() == 0.0 => f as i64,
-            Scalar::Text(t) => t.trim().parse().map_err(|_| D::Error::custom(format!("invalid integer {t:?}")))?,
+            Scalar::Text(t) => t
+                .trim()
+                .parse()
+                .map_err(|_| D::Error::custom(format!("invalid integer {t:?}")))?,
             Scalar::Float(f) => return Err(D::Error::custom(format!("invalid integer {f}"))),
         };
         T::try_from(v).map_err(|_| D::Error::custom(format!("integer {v} out of range")))
@@ -185,7 +188,10 @@ pub struct MinioBackendSettings {
     pub start_instance: bool,
     #[serde(default = "default_minio_port", deserialize_with = "lax::number")]
     pub port: u16,
-    #[serde(default = "default_minio_console_port", deserialize_with = "lax::number")]
+    #[serde(
+        default = "default_minio_console_port",
+        deserialize_with = "lax::number"
+    )]
     pub console_port: u16,
     #[serde(default = "default_minio_exe")]
     pub executable_path: String,

@@ -35,7 +35,9 @@ pub async fn get_algorithm(
 ) -> Result<HttpResponse, ApiError> {
     let (name, major) = path.into_inner();
     let body = state.deployer.send(GetAlgorithm { name, major }).await??;
-    Ok(HttpResponse::Ok().json(body))
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
 }
 
 pub async fn list_algorithms(
@@ -50,7 +52,9 @@ pub async fn list_algorithms(
         supported_devices: query_all(&q, "supported_devices"),
     };
     let items = state.deployer.send(msg).await??;
-    Ok(HttpResponse::Ok().json(items))
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(items))
 }
 
 pub async fn export_algorithm(

@@ -121,12 +121,9 @@ pub async fn delete_object(
             .await,
     ) {
         Ok(true) => Ok(HttpResponse::Ok().json(json!({ "detail": "File deleted successfully" }))),
-        Ok(false) => Err(FileError::ObjectNotFound { object_name }.into()),
-        Err(StorageError::InvalidKey { key, reason }) => Err(FileError::InvalidName {
-            name: key,
-            reason: reason.into(),
+        Ok(false) | Err(StorageError::InvalidKey { .. }) => {
+            Err(FileError::ObjectNotFound { object_name }.into())
         }
-        .into()),
         Err(source) => Err(FileError::DeleteFailed {
             file_id: object_name,
             source,

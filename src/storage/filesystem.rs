@@ -26,6 +26,10 @@ const KEY_SET: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'~');
 const READ_CHUNK: usize = 1024 * 1024;
+/// File-name limit of common Linux filesystems.
+const MAX_FILE_NAME: usize = 255;
+/// Staging files older than this are leftovers of a killed process.
+const STALE_STAGING: Duration = Duration::from_secs(3600);
 
 pub struct FilesystemBackend {
     root: PathBuf,
@@ -48,7 +52,14 @@ impl FilesystemBackend {
 
     fn object_path(&self, collection: &str, key: &str) -> Result<PathBuf, StorageError> {
         validate_key(key)?;
-        Ok(self.bucket(collection).join(encode_key(key)))
+        let name = encode_key(key);
+        if name.len() > MAX_FILE_NAME {
+            return Err(StorageError::InvalidKey {
+                key: key.to_string(),
+                reason: "too long once encoded for a file name",
+            });
+        }
+        Ok(self.bucket(collection).join(name))
     }
 
     fn tags_path(&self, collection: &str, key: &str) -> Result<PathBuf, StorageError> {
@@ -87,6 +98,26 @@ impl FilesystemBackend {
             }
         }
         Ok(())
+    }
+}
+
+/// Deletes staging files a killed process left behind (never recent ones: another process may
+/// be writing them).
+async fn remove_stale_staging(dir: &Path) {
+    let Ok(mut rd) = tokio::fs::read_dir(dir).await else {
+        return;
+    };
+    while let Ok(Some(entry)) = rd.next_entry().await {
+        let old = entry
+            .metadata()
+            .await
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age > STALE_STAGING);
+        if old {
+            let _ = tokio::fs::remove_file(entry.path()).await;
+        }
     }
 }
 
@@ -193,6 +224,7 @@ impl Backend for FilesystemBackend {
         tokio::fs::create_dir_all(self.root.join(".tmp"))
             .await
             .map_err(|e| StorageError::from_io(op, e))?;
+        remove_stale_staging(&self.root.join(".tmp")).await;
         let mut created = Vec::new();
         for name in names {
             let dir = self.bucket(name);

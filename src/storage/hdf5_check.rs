@@ -88,6 +88,12 @@ fn sizes_ok(offsets: u8, lengths: u8) -> bool {
     matches!(offsets, 2 | 4 | 8) && matches!(lengths, 2 | 4 | 8)
 }
 
+/// The end-of-file address must lie within the bytes received. h5py writes it as an absolute
+/// size even with a user block (base address 512), so it is compared as such.
+fn eof_fits(base: u64, eof: u64, off: usize, total: u64) -> bool {
+    base <= total && eof <= total && eof > off as u64
+}
+
 fn superblock_ok(b: &[u8], off: usize, total: u64) -> bool {
     let Some(&version) = b.get(off + 8) else {
         return false;
@@ -112,8 +118,7 @@ fn superblock_ok(b: &[u8], off: usize, total: u64) -> bool {
             ) else {
                 return false;
             };
-            base.checked_add(eof)
-                .is_some_and(|end| end <= total && end > off as u64)
+            eof_fits(base, eof, off, total)
         }
         2 | 3 => {
             let (Some(&o), Some(&l)) = (b.get(off + 9), b.get(off + 10)) else {
@@ -139,8 +144,7 @@ fn superblock_ok(b: &[u8], off: usize, total: u64) -> bool {
             else {
                 return false;
             };
-            base.checked_add(eof)
-                .is_some_and(|end| end <= total && end > off as u64)
+            eof_fits(base, eof, off, total)
         }
         _ => false,
     }

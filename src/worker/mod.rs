@@ -18,12 +18,11 @@ use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use std::fs::File;
-use std::io::Stdin;
 use std::os::fd::FromRawFd;
 use std::sync::{Arc, Mutex};
 
 struct Channel {
-    input: Stdin,
+    input: std::io::BufReader<File>,
     output: File,
 }
 
@@ -33,13 +32,15 @@ impl Channel {
     }
 
     fn recv(&mut self) -> std::io::Result<Option<ToWorker>> {
-        protocol::read_blocking(&mut self.input.lock())
+        protocol::read_blocking(&mut self.input)
     }
 }
 
 /// What Python calls: storage access and record updates (`docs/worker-protocol.md` §2).
 #[pyclass]
 struct Bridge {
+    /// The worker's pid: a process the algorithm forked must not talk to the executor.
+    owner_pid: u32,
     channel: Arc<Mutex<Channel>>,
     backend: Arc<dyn Backend>,
     runtime: Arc<tokio::runtime::Runtime>,
@@ -61,6 +62,17 @@ fn storage_err(e: crate::storage::StorageError) -> PyErr {
     }
 }
 
+impl Bridge {
+    fn check_owner(&self) -> PyResult<()> {
+        if std::process::id() != self.owner_pid {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "the compox bridge cannot be used from a process forked by the algorithm",
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[pymethods]
 impl Bridge {
     fn get_object<'py>(
@@ -69,6 +81,7 @@ impl Bridge {
         collection_name: &str,
         key: &str,
     ) -> PyResult<Bound<'py, PyBytes>> {
+        self.check_owner()?;
         let c = collection(collection_name)?;
         let (backend, rt) = (self.backend.clone(), self.runtime.clone());
         let key = key.to_string();
@@ -85,6 +98,7 @@ impl Bridge {
         key: &str,
         data: &[u8],
     ) -> PyResult<()> {
+        self.check_owner()?;
         let c = collection(collection_name)?;
         let (backend, rt) = (self.backend.clone(), self.runtime.clone());
         let key = key.to_string();
@@ -94,6 +108,7 @@ impl Bridge {
     }
 
     fn object_exists(&self, py: Python<'_>, collection_name: &str, key: &str) -> PyResult<bool> {
+        self.check_owner()?;
         let c = collection(collection_name)?;
         let (backend, rt) = (self.backend.clone(), self.runtime.clone());
         let key = key.to_string();
@@ -103,11 +118,16 @@ impl Bridge {
 
     /// Sends the fields to the executor and returns whether a stop was requested.
     fn update_record(&self, py: Python<'_>, fields: &Bound<'_, PyAny>) -> PyResult<bool> {
-        let text: String = py
+        self.check_owner()?;
+        // Lone surrogates (e.g. from non-UTF-8 file names) become `?` instead of failing the write.
+        let kwargs = pyo3::types::PyDict::new(py);
+        kwargs.set_item("ensure_ascii", false)?;
+        let text = py
             .import("json")?
-            .call_method1("dumps", (fields,))?
-            .extract()?;
-        let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
+            .call_method("dumps", (fields,), Some(&kwargs))?
+            .call_method1("encode", ("utf-8", "replace"))?;
+        let text: &[u8] = text.downcast::<PyBytes>()?.as_bytes();
+        let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(text)
             .map_err(|e| {
                 PyValueError::new_err(format!("record fields must be a JSON object: {e}"))
             })?;
@@ -133,15 +153,27 @@ impl Bridge {
 /// Entry point of `compox worker`.
 pub fn run(index: usize) -> anyhow::Result<()> {
     // SAFETY: plain descriptor juggling before any other thread exists.
-    let output = unsafe {
-        let fd = libc::dup(1);
-        anyhow::ensure!(fd >= 0, "cannot duplicate stdout");
+    // The protocol moves to private close-on-exec descriptors; fd 0 becomes /dev/null and fd 1
+    // stderr, so neither a print nor a subprocess reading stdin can touch the frames.
+    // SAFETY: plain descriptor juggling before any other thread exists.
+    let (input, output) = unsafe {
+        let out_fd = libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3);
+        let in_fd = libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3);
+        anyhow::ensure!(
+            out_fd >= 0 && in_fd >= 0,
+            "cannot duplicate the protocol descriptors"
+        );
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+        if null >= 0 {
+            libc::dup2(null, 0);
+            libc::close(null);
+        }
         libc::dup2(2, 1);
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        File::from_raw_fd(fd)
+        (File::from_raw_fd(in_fd), File::from_raw_fd(out_fd))
     };
     let channel = Arc::new(Mutex::new(Channel {
-        input: std::io::stdin(),
+        input: std::io::BufReader::new(input),
         output,
     }));
     let init = channel
@@ -179,10 +211,12 @@ pub fn run(index: usize) -> anyhow::Result<()> {
             python_executable: info.executable,
             pid: std::process::id(),
         })?;
+    let owner_pid = std::process::id();
     let bridge = Python::with_gil(|py| {
         Py::new(
             py,
             Bridge {
+                owner_pid,
                 channel: channel.clone(),
                 backend,
                 runtime,
@@ -205,6 +239,11 @@ pub fn run(index: usize) -> anyhow::Result<()> {
                     Ok(())
                 })
                 .unwrap_or_else(|e| eprintln!("worker {index}: run_job raised: {e}"));
+                if std::process::id() != owner_pid {
+                    // A forked child of the algorithm returned here: it must not act as the worker.
+                    // SAFETY: immediate exit without running Rust or Python destructors.
+                    unsafe { libc::_exit(0) };
+                }
                 channel
                     .lock()
                     .map_err(|_| anyhow::anyhow!("poisoned"))?
@@ -249,7 +288,9 @@ pub fn run_check_import(zip: &str, module_id: &str) -> i32 {
         Python::with_gil(|py| -> PyResult<()> {
             let sys = py.import("sys")?;
             sys.getattr("path")?.call_method1("insert", (0, zip))?;
-            let package = py.import("importlib")?.call_method1("import_module", (module_id,))?;
+            let package = py
+                .import("importlib")?
+                .call_method1("import_module", (module_id,))?;
             package.getattr("Runner")?.call0()?;
             Ok(())
         })
@@ -261,7 +302,11 @@ pub fn run_check_import(zip: &str, module_id: &str) -> i32 {
         }
         Err(e) => {
             let text = Python::with_gil(|py| {
-                let ty = e.get_type(py).name().map(|n| n.to_string()).unwrap_or_else(|_| "Error".into());
+                let ty = e
+                    .get_type(py)
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|_| "Error".into());
                 format!("{ty}: {}", e.value(py))
             });
             println!("{}", serde_json::json!({ "error": text }));

@@ -1,0 +1,37 @@
+"""Misbehaves in the ways a worker process must survive (see pyproject.toml)."""
+
+import os
+import sys
+import time
+
+from compox.algorithm_utils.BaseRunner import BaseRunner
+
+
+class Runner(BaseRunner):
+    def preprocess(self, input_data, args=None):
+        return None
+
+    def inference(self, data, args=None):
+        mode = (args or {}).get("mode", "fd1")
+        if mode == "stderr_bytes":
+            os.write(2, b"caf\xe9\n")
+            os.write(2, b"e" * 8192 + b"\n")
+        elif mode == "fd1":
+            os.write(1, b"\xff\xff\xff\xf0 not a frame\n")
+        elif mode == "surrogate":
+            print("bad \udcff name")
+            self.log_message("logged \udcff too")
+        elif mode == "fork_sys_exit":
+            if os.fork() == 0:
+                sys.exit(0)
+            os.wait()
+        elif mode == "fork_hang":
+            if os.fork() == 0:
+                time.sleep(30)
+                os._exit(0)
+            time.sleep(60)
+        self.log_message(f"misbehaver {mode} done")
+        return None
+
+    def postprocess(self, data, args=None):
+        return []
