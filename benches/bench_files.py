@@ -32,6 +32,33 @@ def make_file(path: Path, size: int) -> None:
             ds[start : start + n] = rng.integers(0, 255, size=(n, 4096), dtype=np.uint8)
 
 
+def loopback_ceiling(nbytes: int = 2 << 30) -> float:
+    """MiB/s of one plain TCP stream on loopback (Python sender, Python receiver): the ceiling any
+    HTTP download can reach here, for comparison with `cat`."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def send() -> None:
+        conn, _ = listener.accept()
+        block = b"\0" * (1 << 20)
+        sent = 0
+        while sent < nbytes:
+            sent += conn.send(block)
+        conn.close()
+
+    threading.Thread(target=send, daemon=True).start()
+    sock = socket.create_connection(listener.getsockname())
+    buf = bytearray(1 << 20)
+    got, t = 0, time.perf_counter()
+    while (n := sock.recv_into(buf)) > 0:
+        got += n
+    return mib_s(got, time.perf_counter() - t)
+
+
 def mib_s(nbytes: int, seconds: float) -> float:
     return nbytes / seconds / 2**20
 
@@ -82,6 +109,7 @@ def main() -> None:
         "cat_read_mib_s": round(cat_read, 1),
         "upload_vs_dd": round(upload / dd_write, 2),
         "download_vs_cat": round(download / cat_read, 2),
+        "loopback_tcp_ceiling_mib_s": round(loopback_ceiling(), 1),
         "server_rss_before_mib": round(rss_before, 1),
         "server_peak_rss_mib": round(peak, 1),
         "identical": same,

@@ -29,7 +29,7 @@ use super::storage_gateway::{
     flatten, DeleteObject, EnsureCollections, Exists, GetBytes, ListObjects, PutBytes, PutStream,
     StorageGateway,
 };
-use super::{guard, InjectFault, Restart};
+use super::guard;
 use crate::bundle::build::Progress;
 use crate::bundle::json::{dumps, Style};
 use crate::bundle::{merge, state, BundleError, BundleReader, BUNDLE_COLLECTIONS};
@@ -100,21 +100,7 @@ impl Supervised for BundleImporter {
     }
 }
 
-impl Handler<Restart> for BundleImporter {
-    type Result = ();
-    fn handle(&mut self, _: Restart, ctx: &mut Context<Self>) {
-        ctx.stop();
-    }
-}
-
-impl Handler<InjectFault> for BundleImporter {
-    type Result = ();
-    fn handle(&mut self, _: InjectFault, _: &mut Context<Self>) {
-        if super::faults_enabled() {
-            self.fail_next = true;
-        }
-    }
-}
+super::supervision_handlers!(BundleImporter, fail_next);
 
 // ---------------------------------------------------------------------------------------------
 // Messages

@@ -19,7 +19,7 @@ use super::emergency_writer::{EmergencyWriter, ReadEmergencyRecord, WriteEmergen
 use super::storage_gateway::{
     flatten, DeleteObject, Exists, GetBytes, ListObjects, PutBytes, PutStream, Size, StorageGateway,
 };
-use super::{guard, InjectFault, Restart};
+use super::guard;
 use crate::deploy::module::{self, PythonTool};
 use crate::deploy::record::{self, api_item, ApiItem};
 use crate::deploy::{pyproject, scan, zip_input, DeployOverrides, DeploySource};
@@ -297,21 +297,7 @@ impl Supervised for Deployer {
     }
 }
 
-impl Handler<Restart> for Deployer {
-    type Result = ();
-    fn handle(&mut self, _: Restart, ctx: &mut Context<Self>) {
-        ctx.stop();
-    }
-}
-
-impl Handler<InjectFault> for Deployer {
-    type Result = ();
-    fn handle(&mut self, _: InjectFault, _: &mut Context<Self>) {
-        if super::faults_enabled() {
-            self.fail_next = true;
-        }
-    }
-}
+super::supervision_handlers!(Deployer, fail_next);
 
 fn unavailable<T>(actor: &'static str) -> Result<T, ApiError> {
     Err(ApiError::Unavailable { actor })

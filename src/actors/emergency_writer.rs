@@ -11,7 +11,6 @@
 //!
 //! Failure: a panic restarts the actor; it holds no state besides its root, which is rebuilt.
 
-use super::{InjectFault, Restart};
 use actix::prelude::*;
 use serde_json::{json, Value};
 use std::io::Write;
@@ -93,17 +92,7 @@ impl Supervised for EmergencyWriter {
     }
 }
 
-impl Handler<Restart> for EmergencyWriter {
-    type Result = ();
-    fn handle(&mut self, _: Restart, ctx: &mut Context<Self>) {
-        ctx.stop();
-    }
-}
-
-impl Handler<InjectFault> for EmergencyWriter {
-    type Result = ();
-    fn handle(&mut self, _: InjectFault, _: &mut Context<Self>) {}
-}
+super::supervision_handlers!(EmergencyWriter);
 
 /// Stores `record` (plus the storage error that forced it here) for `collection/id`.
 #[derive(Message)]

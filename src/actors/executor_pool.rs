@@ -25,7 +25,6 @@ use super::stop_registry::{ClearStop, RequestStop, StopRegistry};
 use super::storage_gateway::{
     flatten, DeleteObject, Exists, GetBytes, ListObjects, PutBytes, StorageGateway,
 };
-use super::{InjectFault, Restart};
 use crate::errors::{ApiError, ExecutionError};
 use crate::records::{
     is_terminal, local_now, log_time_now, uuid1, ExecutionRecord, STOPPABLE_STATUSES,
@@ -240,17 +239,7 @@ impl Supervised for ExecutorPool {
     }
 }
 
-impl Handler<Restart> for ExecutorPool {
-    type Result = ();
-    fn handle(&mut self, _: Restart, ctx: &mut Context<Self>) {
-        ctx.stop();
-    }
-}
-
-impl Handler<InjectFault> for ExecutorPool {
-    type Result = ();
-    fn handle(&mut self, _: InjectFault, _: &mut Context<Self>) {}
-}
+super::supervision_handlers!(ExecutorPool);
 
 // --- from executors -----------------------------------------------------------------------
 

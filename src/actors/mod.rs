@@ -30,6 +30,40 @@ pub struct Restart;
 #[rtype(result = "()")]
 pub struct InjectFault;
 
+/// The `Restart` and `InjectFault` handlers every supervised actor has. With a field name, an
+/// injected fault sets that flag (the next handled message panics); without, faults are ignored.
+macro_rules! supervision_handlers {
+    ($actor:ty) => {
+        impl actix::Handler<$crate::actors::Restart> for $actor {
+            type Result = ();
+            fn handle(&mut self, _: $crate::actors::Restart, ctx: &mut Self::Context) {
+                actix::ActorContext::stop(ctx);
+            }
+        }
+        impl actix::Handler<$crate::actors::InjectFault> for $actor {
+            type Result = ();
+            fn handle(&mut self, _: $crate::actors::InjectFault, _: &mut Self::Context) {}
+        }
+    };
+    ($actor:ty, $flag:ident) => {
+        impl actix::Handler<$crate::actors::Restart> for $actor {
+            type Result = ();
+            fn handle(&mut self, _: $crate::actors::Restart, ctx: &mut Self::Context) {
+                actix::ActorContext::stop(ctx);
+            }
+        }
+        impl actix::Handler<$crate::actors::InjectFault> for $actor {
+            type Result = ();
+            fn handle(&mut self, _: $crate::actors::InjectFault, _: &mut Self::Context) {
+                if $crate::actors::faults_enabled() {
+                    self.$flag = true;
+                }
+            }
+        }
+    };
+}
+pub(crate) use supervision_handlers;
+
 pub fn faults_enabled() -> bool {
     std::env::var("COMPOX_TEST_FAULTS").is_ok_and(|v| v == "1")
 }

@@ -8,7 +8,6 @@
 //! Failure: a panic restarts the actor, which reloads the set from storage.
 
 use super::storage_gateway::{flatten, DeleteObject, ListObjects, PutBytes, StorageGateway};
-use super::{InjectFault, Restart};
 use crate::records::local_now;
 use crate::storage::{StorageError, STOP_REQUESTS};
 use actix::prelude::*;
@@ -63,17 +62,7 @@ impl Supervised for StopRegistry {
     }
 }
 
-impl Handler<Restart> for StopRegistry {
-    type Result = ();
-    fn handle(&mut self, _: Restart, ctx: &mut Context<Self>) {
-        ctx.stop();
-    }
-}
-
-impl Handler<InjectFault> for StopRegistry {
-    type Result = ();
-    fn handle(&mut self, _: InjectFault, _: &mut Context<Self>) {}
-}
+super::supervision_handlers!(StopRegistry);
 
 #[derive(Message)]
 #[rtype(result = "Result<(), StorageError>")]

@@ -12,7 +12,7 @@
 //! Failure: a panic in a call is answered with [`StorageError::Unavailable`] marked as a restart,
 //! and the supervisor rebuilds the backend from the factory (a reconnect for network backends).
 
-use super::{guard, InjectFault, Restart};
+use super::guard;
 use crate::storage::{Backend, ByteStream, ExpiryRules, ObjectInfo, PresignMethod, StorageError};
 use actix::prelude::*;
 use bytes::Bytes;
@@ -107,21 +107,7 @@ impl Supervised for StorageGateway {
     }
 }
 
-impl Handler<Restart> for StorageGateway {
-    type Result = ();
-    fn handle(&mut self, _: Restart, ctx: &mut Context<Self>) {
-        ctx.stop();
-    }
-}
-
-impl Handler<InjectFault> for StorageGateway {
-    type Result = ();
-    fn handle(&mut self, _: InjectFault, _: &mut Context<Self>) {
-        if super::faults_enabled() {
-            self.fail_next = true;
-        }
-    }
-}
+super::supervision_handlers!(StorageGateway, fail_next);
 
 macro_rules! message {
     ($name:ident { $($field:ident : $ty:ty),* $(,)? } -> $out:ty, |$b:ident, $m:ident| $body:expr) => {

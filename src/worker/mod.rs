@@ -280,54 +280,11 @@ pub fn open_backend(spec: &StorageSpec) -> anyhow::Result<Arc<dyn Backend>> {
     }
 }
 
-/// `compox python-tool check-import ZIP MODULE_ID`: puts the module zip on `sys.path`, imports the
-/// package, reads its `Runner` and calls `Runner()` (`algorithms.md` §2.3 step 9).
-pub fn run_check_import(zip: &str, module_id: &str) -> i32 {
+/// Runs one `compox python-tool` step in the workers' interpreter and prints its outcome as one
+/// JSON line: the step's own JSON, or `{"error": "<type>: <message>"}` with exit code 1.
+fn run_python_tool(step: impl FnOnce(Python<'_>) -> PyResult<String>) -> i32 {
     let env = python_env::resolve_env(std::env::var("COMPOX_PYTHON_ENV").ok().as_deref());
-    let result = python_env::init(env.as_deref()).and_then(|_| {
-        Python::with_gil(|py| -> PyResult<()> {
-            let sys = py.import("sys")?;
-            sys.getattr("path")?.call_method1("insert", (0, zip))?;
-            let package = py
-                .import("importlib")?
-                .call_method1("import_module", (module_id,))?;
-            package.getattr("Runner")?.call0()?;
-            Ok(())
-        })
-    });
-    match result {
-        Ok(()) => {
-            println!("{}", serde_json::json!({ "warnings": [] }));
-            0
-        }
-        Err(e) => {
-            let text = Python::with_gil(|py| {
-                let ty = e
-                    .get_type(py)
-                    .name()
-                    .map(|n| n.to_string())
-                    .unwrap_or_else(|_| "Error".into());
-                format!("{ty}: {}", e.value(py))
-            });
-            println!("{}", serde_json::json!({ "error": text }));
-            1
-        }
-    }
-}
-
-/// `compox python-tool deploy-module PKG --obfuscate B --pyc-only B`: the Python steps of a module
-/// build, in the workers' interpreter. Prints one JSON line.
-pub fn run_deploy_tool(package: &str, obfuscate: bool, pyc_only: bool) -> i32 {
-    let env = python_env::resolve_env(std::env::var("COMPOX_PYTHON_ENV").ok().as_deref());
-    let result = python_env::init(env.as_deref()).and_then(|_| {
-        Python::with_gil(|py| -> PyResult<String> {
-            let out = py
-                .import("compox._deploy_tools")?
-                .call_method1("process_package", (package, obfuscate, pyc_only))?;
-            py.import("json")?.call_method1("dumps", (out,))?.extract()
-        })
-    });
-    match result {
+    match python_env::init(env.as_deref()).and_then(|_| Python::with_gil(step)) {
         Ok(json) => {
             println!("{json}");
             0
@@ -345,4 +302,26 @@ pub fn run_deploy_tool(package: &str, obfuscate: bool, pyc_only: bool) -> i32 {
             1
         }
     }
+}
+
+/// `compox python-tool check-import ZIP MODULE_ID`: puts the module zip on `sys.path`, imports the
+/// package, reads its `Runner` and calls `Runner()` (`algorithms.md` §2.3 step 9).
+pub fn run_check_import(zip: &str, module_id: &str) -> i32 {
+    run_python_tool(|py| {
+        py.import("sys")?.getattr("path")?.call_method1("insert", (0, zip))?;
+        let package = py.import("importlib")?.call_method1("import_module", (module_id,))?;
+        package.getattr("Runner")?.call0()?;
+        Ok(serde_json::json!({ "warnings": [] }).to_string())
+    })
+}
+
+/// `compox python-tool deploy-module PKG --obfuscate B --pyc-only B`: the Python steps of a module
+/// build (`algorithms.md` §2.3 steps 4–7).
+pub fn run_deploy_tool(package: &str, obfuscate: bool, pyc_only: bool) -> i32 {
+    run_python_tool(|py| {
+        let out = py
+            .import("compox._deploy_tools")?
+            .call_method1("process_package", (package, obfuscate, pyc_only))?;
+        py.import("json")?.call_method1("dumps", (out,))?.extract()
+    })
 }
