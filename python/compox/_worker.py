@@ -26,7 +26,7 @@ import io
 import sys
 import threading
 from datetime import datetime
-from typing import Any, Dict, List, Optional, TextIO
+from typing import Any, Dict, List, Optional, Set, TextIO
 
 from compox._process_log import process_log
 from compox._time import log_timestamp, record_timestamp
@@ -165,10 +165,13 @@ class _LineWriter(io.TextIOBase):
     add a binary wrapper that decodes UTF-8 if an algorithm in the wild needs it).
     """
 
-    def __init__(self, handler: TaskHandler, fallback: TextIO) -> None:
+    def __init__(self, handler: TaskHandler, fallback: TextIO, foreign: Set[int]) -> None:
         super().__init__()
         self._handler = handler
         self._fallback = fallback
+        # Threads that existed before this job (e.g. left running by an earlier one): their output
+        # belongs to no execution, so it goes to the process log, not into this job's log.
+        self._foreign = foreign
         self._buffer = ""
         self._lock = threading.Lock()
 
@@ -185,6 +188,12 @@ class _LineWriter(io.TextIOBase):
     def write(self, text: str) -> int:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        if threading.get_ident() in self._foreign:
+            try:
+                self._fallback.write(text)
+            except (OSError, ValueError):
+                pass
+            return len(text)
         with self._lock:
             self._buffer += text
             *lines, self._buffer = self._buffer.split("\n")
@@ -224,7 +233,8 @@ class _CapturedOutput:
     def __enter__(self) -> "_CapturedOutput":
         self._saved = (sys.stdout, sys.stderr)
         fallback = sys.__stderr__ or sys.stderr
-        self._writers = [_LineWriter(self._handler, fallback) for _ in range(2)]
+        foreign = {t.ident for t in threading.enumerate() if t is not threading.current_thread() and t.ident is not None}
+        self._writers = [_LineWriter(self._handler, fallback, foreign) for _ in range(2)]
         sys.stdout, sys.stderr = self._writers
         return self
 

@@ -45,6 +45,17 @@ class Runner(Image2ImageRunner):
             worker.join()
         elif mode == "exit":
             raise SystemExit(3)
+        elif mode == "background_printer":
+            import time
+
+            def chatter():
+                deadline = time.monotonic() + 3.0
+                while time.monotonic() < deadline:
+                    print("BG-LEAK from an earlier execution")
+                    time.sleep(0.0005)
+
+            threading.Thread(target=chatter, daemon=True).start()
+            time.sleep(0.02)
         elif mode == "session":
             try:
                 count = self.load_item_from_session("count")

@@ -292,6 +292,15 @@ def test_thread_started_by_algorithm_reaches_the_handler(bridge, deployed, tmp_p
     assert [w["progress"] for w in bridge.written_fields() if "progress" in w] == [0.25, 1.0]
 
 
+def test_prints_of_an_earlier_executions_thread_stay_out_of_later_logs(bridge, deployed, tmp_path):
+    first = run(bridge, deployed, tmp_path, record={"additional_parameters": {"mode": "background_printer"}})
+    assert first["status"] == "COMPLETED"
+    for _ in range(3):
+        later = run(bridge, deployed, tmp_path)
+        assert later["status"] == "COMPLETED"
+        assert "BG-LEAK" not in later["log"]
+
+
 def test_system_exit_fails_the_execution_only(bridge, deployed, tmp_path):
     record = run(bridge, deployed, tmp_path, record={"additional_parameters": {"mode": "exit"}})
     assert record["status"] == "FAILED"

@@ -25,11 +25,11 @@
 //! server on the same storage) are not locked out, as in the original.
 
 use super::deployer::{Deployer, ReloadIndex};
+use super::guard;
 use super::storage_gateway::{
     flatten, DeleteObject, EnsureCollections, Exists, GetBytes, ListObjects, PutBytes, PutStream,
     StorageGateway,
 };
-use super::guard;
 use crate::bundle::build::Progress;
 use crate::bundle::json::{dumps, Style};
 use crate::bundle::{merge, state, BundleError, BundleReader, BUNDLE_COLLECTIONS};

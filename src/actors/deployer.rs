@@ -16,10 +16,10 @@
 //! Failure: a panic restarts the actor, which reloads the index from storage.
 
 use super::emergency_writer::{EmergencyWriter, ReadEmergencyRecord, WriteEmergencyRecord};
+use super::guard;
 use super::storage_gateway::{
     flatten, DeleteObject, Exists, GetBytes, ListObjects, PutBytes, PutStream, Size, StorageGateway,
 };
-use super::guard;
 use crate::deploy::module::{self, PythonTool};
 use crate::deploy::record::{self, api_item, ApiItem};
 use crate::deploy::{pyproject, scan, zip_input, DeployOverrides, DeploySource};

@@ -2,8 +2,7 @@
 //!
 //! Owns: the set of ids with a pending stop request, loaded from `stop-requests` at start-up and
 //! kept in step with it (objects there expire after `stop_requests_expire_days`).
-//! Messages: [`RequestStop`] (writes `{"task_id", "timestamp"}`), [`IsStopRequested`],
-//! [`ClearStop`] (after the stop was honoured).
+//! Messages: [`RequestStop`] (writes `{"task_id", "timestamp"}`), [`ClearStop`] (after the stop was honoured).
 //!
 //! Failure: a panic restarts the actor, which reloads the set from storage.
 
@@ -96,19 +95,6 @@ impl Handler<RequestStop> for StopRegistry {
             }
             res
         }))
-    }
-}
-
-#[derive(Message)]
-#[rtype(result = "bool")]
-pub struct IsStopRequested {
-    pub task_id: String,
-}
-
-impl Handler<IsStopRequested> for StopRegistry {
-    type Result = bool;
-    fn handle(&mut self, m: IsStopRequested, _: &mut Context<Self>) -> bool {
-        self.pending.contains(&m.task_id)
     }
 }
 

@@ -3,7 +3,7 @@
 //! Owns: the backend (`Arc<dyn Backend>`) and the factory that (re)builds it, plus the expiry rules.
 //! Messages: [`EnsureCollections`], [`PutStream`], [`PutBytes`], [`GetBytes`], [`GetStream`],
 //! [`Exists`], [`Size`], [`ListObjects`], [`DeleteObject`], [`GetTags`], [`PutTags`],
-//! [`Presign`], [`SweepExpired`].
+//! [`Presign`], [`DeleteIfExists`], [`PresignExisting`], [`PutStreamUntagged`].
 //!
 //! Flow: 1. a message arrives; 2. the handler clones the backend handle into a future and returns
 //! it at once, so a 2 GiB upload never blocks other requests; 3. the future runs the backend call.
@@ -148,19 +148,6 @@ message!(PutTags { collection: &'static str, key: String, tags: BTreeMap<String,
     |b, m| b.put_tags(m.collection, &m.key, m.tags).await);
 message!(Presign { method: PresignMethod, collection: &'static str, key: String, expires_s: u64 } -> String,
     |b, m| b.presign(m.method, m.collection, &m.key, m.expires_s));
-
-/// Runs the expiry sweep now (start-up, tests).
-pub struct SweepExpired;
-impl Message for SweepExpired {
-    type Result = Result<usize, StorageError>;
-}
-impl Handler<SweepExpired> for StorageGateway {
-    type Result = ResponseFuture<Result<usize, StorageError>>;
-    fn handle(&mut self, _: SweepExpired, ctx: &mut Context<Self>) -> Self::Result {
-        let rules = self.rules.clone();
-        self.run(ctx, move |b| async move { b.sweep_expired(&rules).await })
-    }
-}
 
 /// Flattens a mailbox failure into a storage error so callers handle one error type.
 pub fn flatten<T>(r: Result<Result<T, StorageError>, MailboxError>) -> Result<T, StorageError> {

@@ -435,7 +435,10 @@ mod tests {
         ])
         .unwrap();
         let s = load_settings(None, &cli, env(&[])).unwrap();
-        assert_eq!(s.worker_count(), 3);
+        assert!(matches!(
+            s.inference.backend_settings,
+            ExecutorSettings::FastapiBackgroundTasks(ref e) if e.worker_number == 3
+        ));
         let s = load_settings(
             None,
             &Overrides::default(),

@@ -365,17 +365,6 @@ impl Settings {
         }
     }
 
-    /// Number of worker processes the executor pool runs.
-    pub fn worker_count(&self) -> usize {
-        match (&self.inference.device, &self.inference.backend_settings) {
-            (InferenceDevice::Cuda, _) if !self.cuda_devices().is_empty() && gpu_probe_cached() => {
-                self.cuda_devices().len()
-            }
-            (_, ExecutorSettings::FastapiBackgroundTasks(s)) => s.worker_number.max(1) as usize,
-            (_, ExecutorSettings::Celery(_)) => 1,
-        }
-    }
-
     /// GPU ids from `inference.cuda_visible_devices` (`"0,1"` → `["0", "1"]`).
     pub fn cuda_devices(&self) -> Vec<String> {
         self.inference
@@ -428,11 +417,6 @@ pub fn is_loopback_host(host: &str) -> bool {
             .parse::<std::net::IpAddr>()
             .map(|ip| ip.is_loopback())
             .unwrap_or(false)
-}
-
-/// Whether `nvidia-smi` answered once; cached for the life of the process (`rest-api.md` R1).
-pub fn gpu_probe_cached() -> bool {
-    gpu_probe().is_some()
 }
 
 /// Number of GPUs `nvidia-smi` lists, probed once per process.

@@ -1,7 +1,7 @@
 //! Applies the error table of [`crate::errors`] to HTTP responses, and the framework-level answers
 //! (unknown route, wrong method, trailing-slash redirect).
 
-use crate::errors::{ApiError, INTERNAL_DETAIL};
+use crate::errors::ApiError;
 use crate::storage::StorageError;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
@@ -82,9 +82,4 @@ pub async fn method_not_allowed() -> HttpResponse {
         detail: "Method Not Allowed",
     }
     .error_response()
-}
-
-/// E5 for panics escaping a handler (should not happen; handlers return `ApiError`).
-pub fn internal_error_body() -> serde_json::Value {
-    serde_json::json!({ "detail": INTERNAL_DETAIL, "code": "internal_server_error", "retryable": false })
 }

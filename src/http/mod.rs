@@ -20,7 +20,7 @@ use crate::storage::filesystem::UrlSigner;
 use actix::Addr;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceResponse};
-use actix_web::{web, App, HttpResponse};
+use actix_web::{web, App};
 use futures_util::future::Either;
 use std::sync::Arc;
 
@@ -219,9 +219,4 @@ pub fn app(
                 Ok(res.map_into_left_body())
             })
         })
-}
-
-/// An empty 200 with the given JSON, the success shape of every endpoint.
-pub fn ok_json(v: serde_json::Value) -> HttpResponse {
-    HttpResponse::Ok().json(v)
 }

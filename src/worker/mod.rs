@@ -308,8 +308,12 @@ fn run_python_tool(step: impl FnOnce(Python<'_>) -> PyResult<String>) -> i32 {
 /// package, reads its `Runner` and calls `Runner()` (`algorithms.md` §2.3 step 9).
 pub fn run_check_import(zip: &str, module_id: &str) -> i32 {
     run_python_tool(|py| {
-        py.import("sys")?.getattr("path")?.call_method1("insert", (0, zip))?;
-        let package = py.import("importlib")?.call_method1("import_module", (module_id,))?;
+        py.import("sys")?
+            .getattr("path")?
+            .call_method1("insert", (0, zip))?;
+        let package = py
+            .import("importlib")?
+            .call_method1("import_module", (module_id,))?;
         package.getattr("Runner")?.call0()?;
         Ok(serde_json::json!({ "warnings": [] }).to_string())
     })
