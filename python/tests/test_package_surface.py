@@ -107,3 +107,17 @@ def test_worker_empties_the_cuda_cache_only_when_torch_is_loaded(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", fake)
     _worker._release_memory()
     assert calls == ["empty", "ipc"]
+
+
+def test_worker_runs_a_full_collection_only_when_torch_is_loaded(monkeypatch):
+    import gc
+
+    from compox import _worker
+
+    generations = []
+    monkeypatch.setattr(gc, "collect", lambda generation=2: generations.append(generation) or 0)
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    _worker._release_memory()
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=types.SimpleNamespace(is_available=lambda: False)))
+    _worker._release_memory()
+    assert generations == [1, 2]
