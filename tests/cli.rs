@@ -184,3 +184,37 @@ fn generate_config_output_is_accepted_by_run() {
     c.kill().unwrap();
     c.wait().unwrap();
 }
+
+#[test]
+fn debug_run_uses_the_python_environment_and_spawn_worker_reports_the_executor() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img.npy");
+    let ok = Command::new(common::venv_python())
+        .args(["-c", "import sys, numpy as np; np.save(sys.argv[1], np.arange(16, dtype=np.uint8).reshape(4, 4))"])
+        .arg(&img)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let out = compox()
+        .args(["debug", "run", "--algo"])
+        .arg(common::algorithms_dir().join("all_params"))
+        .arg("--data")
+        .arg(&img)
+        .args(["-p", "label=hi"])
+        .env("COMPOX_INFERENCE__PYTHON_ENV", common::venv())
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("Output dataset ids"), "{all}");
+    let out = compox().arg("spawn-worker").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "Unsupported executor: fastapi_background_tasks"
+    );
+}

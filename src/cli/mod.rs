@@ -3,6 +3,7 @@
 pub mod build_algorithm_bundle;
 mod bundle_common;
 pub mod client;
+pub mod debug;
 pub mod deploy_algorithms;
 pub mod generate_algorithm_bundle_key;
 pub mod generate_config;
@@ -133,6 +134,18 @@ pub enum Command {
         #[arg(long, allow_hyphen_values = true)]
         key: Option<String>,
     },
+    /// Commands for local debugging of algorithms (`debug run --algo DIR --data PATH ...`).
+    #[command(disable_help_flag = true)]
+    Debug {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Start a Celery worker (not supported by this build; reports the configured executor).
+    #[command(disable_help_flag = true)]
+    SpawnWorker {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Internal: a worker process embedding Python (started by the server).
     #[command(hide = true)]
     Worker {
@@ -262,6 +275,8 @@ pub fn dispatch(cli: Cli) -> i32 {
             bundle_path,
             key,
         } => import_algorithm_bundle::run(&config, bundle_path, key),
+        Command::Debug { args } => debug::run(&args),
+        Command::SpawnWorker { args } => debug::spawn_worker(&args),
         Command::Worker { index } => match crate::worker::run(index) {
             Ok(()) => 0,
             Err(e) => {

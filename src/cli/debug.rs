@@ -1,0 +1,63 @@
+//! `compox debug run …` (`platform.md` §1.14) and `compox spawn-worker` (§1.3, §3.11).
+//!
+//! Debugging runs an algorithm in the workers' Python environment with in-memory storage; the
+//! work is done by the `compox.algorithm_debug` module, so this command only picks the
+//! interpreter: the environment in `COMPOX_INFERENCE__PYTHON_ENV`, else `VIRTUAL_ENV`, else the
+//! interpreter the binary was built against.
+
+use crate::config::{load_settings, parse_strict_overrides, ExecutorSettings};
+use std::path::PathBuf;
+
+fn python() -> PathBuf {
+    match crate::worker::python_env::resolve_env(
+        std::env::var("COMPOX_INFERENCE__PYTHON_ENV")
+            .ok()
+            .as_deref(),
+    ) {
+        Some(env) => env.join("bin/python"),
+        None => PathBuf::from(option_env!("COMPOX_BUILD_PYTHON").unwrap_or("python3")),
+    }
+}
+
+pub fn run(args: &[String]) -> i32 {
+    let status = std::process::Command::new(python())
+        .args(["-m", "compox.algorithm_debug"])
+        .args(args)
+        .status();
+    match status {
+        Ok(s) => s.code().unwrap_or(1),
+        Err(e) => {
+            eprintln!("compox debug: cannot start {}: {e}", python().display());
+            1
+        }
+    }
+}
+
+/// Only the in-process executor exists in this build, so there is never a Celery worker to run.
+pub fn spawn_worker(args: &[String]) -> i32 {
+    let (config, overrides) = match parse_strict_overrides(args) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("compox spawn-worker: {e}");
+            return 2;
+        }
+    };
+    let settings = match load_settings(
+        config.as_deref().map(std::path::Path::new),
+        &overrides,
+        std::env::vars(),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("compox spawn-worker: {e}");
+            return 1;
+        }
+    };
+    let executor = match settings.inference.backend_settings {
+        ExecutorSettings::FastapiBackgroundTasks(_) => "fastapi_background_tasks",
+        // FIXME(no Celery support in this build; a broker client would be needed)
+        ExecutorSettings::Celery(_) => "celery",
+    };
+    println!("Unsupported executor: {executor}");
+    0
+}
