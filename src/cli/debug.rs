@@ -5,7 +5,7 @@
 //! interpreter: the environment in `COMPOX_INFERENCE__PYTHON_ENV`, else `VIRTUAL_ENV`, else the
 //! interpreter the binary was built against.
 
-use crate::config::{load_settings, parse_strict_overrides, ExecutorSettings};
+use crate::config::ExecutorSettings;
 use std::path::PathBuf;
 
 fn python() -> PathBuf {
@@ -35,23 +35,9 @@ pub fn run(args: &[String]) -> i32 {
 
 /// Only the in-process executor exists in this build, so there is never a Celery worker to run.
 pub fn spawn_worker(args: &[String]) -> i32 {
-    let (config, overrides) = match parse_strict_overrides(args) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("compox spawn-worker: {e}");
-            return 2;
-        }
-    };
-    let settings = match load_settings(
-        config.as_deref().map(std::path::Path::new),
-        &overrides,
-        std::env::vars(),
-    ) {
+    let settings = match super::run::strict_settings("spawn-worker", args) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("compox spawn-worker: {e}");
-            return 1;
-        }
+        Err(code) => return code,
     };
     let executor = match settings.inference.backend_settings {
         ExecutorSettings::FastapiBackgroundTasks(_) => "fastapi_background_tasks",
