@@ -64,7 +64,15 @@ fn help_and_usage_exit_codes() {
             && text.contains("deploy-algorithms")
             && text.contains("generate-config")
     );
-    assert!(!text.contains("worker"), "the worker subcommand is hidden");
+    let commands: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim_start().split_whitespace().next())
+        .collect();
+    assert!(commands.contains(&"spawn-worker"));
+    assert!(
+        !commands.contains(&"worker") && !commands.contains(&"python-tool"),
+        "internal commands are hidden: {text}"
+    );
     assert_eq!(compox().output().unwrap().status.code(), Some(2));
     let out = compox().args(["run", "--prot", "1"]).output().unwrap();
     assert_eq!(
