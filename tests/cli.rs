@@ -66,7 +66,7 @@ fn help_and_usage_exit_codes() {
     );
     let commands: Vec<&str> = text
         .lines()
-        .filter_map(|l| l.trim_start().split_whitespace().next())
+        .filter_map(|l| l.split_whitespace().next())
         .collect();
     assert!(commands.contains(&"spawn-worker"));
     assert!(
