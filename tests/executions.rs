@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_golden, golden, images, inspect_h5, venv, venv_python, Server, ServerOptions};
+use common::{assert_golden, golden, images, inspect_h5, venv, Server, ServerOptions};
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -224,43 +224,16 @@ fn assert_status_sequence(seen: &[String], last: &str) {
 
 /// The UTF-8 text of the uint8 dataset `key` of an HDF5 file (all_params' echo).
 fn h5_text(bytes: &[u8], key: &str) -> String {
-    let f = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(f.path(), bytes).unwrap();
     let script = "import sys, h5py\nwith h5py.File(sys.argv[1], 'r') as f:\n    sys.stdout.write(bytes(f[sys.argv[2]][()]).decode('utf-8'))\n";
-    let out = Command::new(venv_python())
-        .arg("-c")
-        .arg(script)
-        .arg(f.path())
-        .arg(key)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(common::run_h5_script(bytes, script, &[key])).unwrap()
 }
 
 /// Evaluates a Python expression over the HDF5 file `f` (h5py, numpy as `np`); returns its JSON.
 fn h5_eval(bytes: &[u8], expression: &str) -> Value {
-    let f = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(f.path(), bytes).unwrap();
     let script = format!(
         "import sys, json, h5py, numpy as np\nwith h5py.File(sys.argv[1], 'r') as f:\n    print(json.dumps({expression}))\n"
     );
-    let out = Command::new(venv_python())
-        .arg("-c")
-        .arg(script)
-        .arg(f.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_slice(&common::run_h5_script(bytes, &script, &[])).unwrap()
 }
 
 /// The stored record once storage holds a terminal state (the pool may answer from memory first).

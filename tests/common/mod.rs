@@ -350,11 +350,29 @@ impl Drop for Server {
     }
 }
 
+/// Runs a Python `script` of the test venv with an HDF5 file holding `bytes` as `sys.argv[1]`
+/// (then `args`); returns its stdout, failing the test when the script fails.
+pub fn run_h5_script(bytes: &[u8], script: &str, args: &[&str]) -> Vec<u8> {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), bytes).unwrap();
+    let out = Command::new(venv_python())
+        .arg("-c")
+        .arg(script)
+        .arg(f.path())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// Inspects an HDF5 file with h5py in the test venv: every top-level dataset's shape, dtype and
 /// summary statistics, as JSON.
 pub fn inspect_h5(bytes: &[u8]) -> Value {
-    let f = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(f.path(), bytes).unwrap();
     let script = r#"
 import sys, json, h5py, numpy as np
 out = {}
@@ -372,18 +390,7 @@ with h5py.File(sys.argv[1], "r") as f:
         out[k] = info
 print(json.dumps(out))
 "#;
-    let out = Command::new(venv_python())
-        .arg("-c")
-        .arg(script)
-        .arg(f.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_slice(&run_h5_script(bytes, script, &[])).unwrap()
 }
 
 /// Replaces ids, times and paths so a body can be compared with a golden recording.
