@@ -538,6 +538,23 @@ fn status_of<E>(err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Op
     err.raw_response().map(|r| r.status().as_u16())
 }
 
+/// A tagging call's error: a missing object is `NotFound`, a missing bucket is a storage error.
+fn tag_error<E>(
+    e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    collection: &str,
+    key: &str,
+    op: &str,
+) -> StorageError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    if is_missing(&e) && e.code() != Some("NoSuchBucket") {
+        not_found(collection, key)
+    } else {
+        normalise(op, e)
+    }
+}
+
 fn is_missing<E>(err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> bool
 where
     E: ProvideErrorMetadata,
@@ -766,11 +783,12 @@ impl Backend for S3Backend {
             .send()
             .await
             .map_err(|e| {
-                if is_missing(&e) && e.code() != Some("NoSuchBucket") {
-                    not_found(collection, key)
-                } else {
-                    normalise(&format!("get_object_tags in {collection}"), e)
-                }
+                tag_error(
+                    e,
+                    collection,
+                    key,
+                    &format!("get_object_tags in {collection}"),
+                )
             })?;
         Ok(out
             .tag_set()
@@ -807,13 +825,7 @@ impl Backend for S3Backend {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| {
-                if is_missing(&e) && e.code() != Some("NoSuchBucket") {
-                    not_found(collection, key)
-                } else {
-                    normalise(&op, e)
-                }
-            })
+            .map_err(|e| tag_error(e, collection, key, &op))
     }
 
     fn presign(
