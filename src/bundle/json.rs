@@ -25,7 +25,10 @@ fn write_value(out: &mut String, value: &Value, style: Style, sort: bool, depth:
     match value {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => out.push_str(&n.to_string()),
+        Value::Number(n) => match n.as_f64().filter(|_| n.is_f64()) {
+            Some(f) => out.push_str(&python_float(f)),
+            None => out.push_str(&n.to_string()),
+        },
         Value::String(s) => write_string(out, s),
         Value::Array(items) => {
             if items.is_empty() {
@@ -63,6 +66,35 @@ fn write_value(out: &mut String, value: &Value, style: Style, sort: bool, depth:
             out.push('}');
         }
     }
+}
+
+/// A finite float as Python's `repr` writes it: the shortest digits that read back the same,
+/// positional from 1e-4 up to below 1e16 (always with a fractional part), else `d.ddde±XX`.
+fn python_float(f: f64) -> String {
+    let scientific = format!("{:e}", f.abs());
+    let (mantissa, exponent) = scientific.split_once('e').unwrap_or((&scientific, "0"));
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let point = exponent.parse::<i32>().unwrap_or(0) + 1;
+    let sign = if f.is_sign_negative() { "-" } else { "" };
+    let body = if !(-3..=16).contains(&point) {
+        let exponent = point - 1;
+        let (first, rest) = digits.split_at(1);
+        let fraction = if rest.is_empty() {
+            String::new()
+        } else {
+            format!(".{rest}")
+        };
+        let exp_sign = if exponent < 0 { '-' } else { '+' };
+        format!("{first}{fraction}e{exp_sign}{:02}", exponent.abs())
+    } else if point <= 0 {
+        format!("0.{}{digits}", "0".repeat(point.unsigned_abs() as usize))
+    } else if point as usize >= digits.len() {
+        format!("{digits}{}.0", "0".repeat(point as usize - digits.len()))
+    } else {
+        let (int, frac) = digits.split_at(point as usize);
+        format!("{int}.{frac}")
+    };
+    format!("{sign}{body}")
 }
 
 fn separator(out: &mut String, style: Style, first: bool, depth: usize) {
@@ -126,6 +158,34 @@ mod tests {
         assert_eq!(
             dumps(&json!({"k": 1, "a": [1, 2]}), Style::Default, false),
             r#"{"k": 1, "a": [1, 2]}"#
+        );
+        let floats = json!([
+            0.1,
+            1e-05,
+            1e16,
+            1.5e16,
+            1e15,
+            0.0001,
+            0.00001234,
+            123456789012345680000.0,
+            -2.5e-10,
+            0.0,
+            -0.0,
+            2.0,
+            1e22,
+            5e-324,
+            1.7976931348623157e308,
+            0.30000000000000004,
+            100.0,
+            1234.5,
+            7,
+            -3
+        ]);
+        assert_eq!(
+            dumps(&floats, Style::Compact, false),
+            "[0.1,1e-05,1e+16,1.5e+16,1000000000000000.0,0.0001,1.234e-05,\
+             1.2345678901234568e+20,-2.5e-10,0.0,-0.0,2.0,1e+22,5e-324,1.7976931348623157e+308,\
+             0.30000000000000004,100.0,1234.5,7,-3]"
         );
         assert_eq!(
             dumps(&json!({"k": [1], "e": []}), Style::Indent4, true),

@@ -248,18 +248,18 @@ fn check_members(path: &Path, archive: &mut ZipArchive<File>) -> Result<(), Stri
         let local = read_at(&mut raw, local_at, 30 + name.len())?;
         let central = read_at(&mut raw, central_at, 46 + name.len())?;
         let descriptor = u16_at(&local, 6) & 0x08 != 0;
-        let compared = if descriptor { 4..14 } else { 4..26 };
-        let same = local[..4] == [0x50, 0x4b, 0x03, 0x04]
-            && local[compared.clone()] == central[compared.start + 2..compared.end + 2]
-            && local[26..28] == central[28..30]
-            && local[30..] == central[46..];
-        if !same {
+        let variable =
+            u16_at(&central, 28) as u64 + u16_at(&central, 30) as u64 + u16_at(&central, 32) as u64;
+        let extra = read_at(
+            &mut raw,
+            central_at + 46 + name.len() as u64,
+            u16_at(&central, 30) as usize,
+        )?;
+        if !headers_agree(&local, &central, &extra, name.len()) {
             return Err(format!(
                 "member {name:?}: the local header disagrees with the central directory"
             ));
         }
-        let variable =
-            u16_at(&central, 28) as u64 + u16_at(&central, 30) as u64 + u16_at(&central, 32) as u64;
         spans.push(Span {
             local_at,
             data_end,
@@ -319,7 +319,48 @@ fn check_members(path: &Path, archive: &mut ZipArchive<File>) -> Result<(), Stri
     )
 }
 
+/// Version 4.5 of the zip format: what a reader needs for zip64 extra fields and end records.
+const ZIP64_VERSION: u16 = 45;
+
+/// Whether a member's local header (30 bytes and its name) says what its central directory
+/// entry (46 bytes and its name; `extra` is the entry's extra field) says: version needed,
+/// flags, method, time, CRC and sizes (the last two live in the data descriptor when flag 3 is
+/// set), and the name.
+///
+/// One difference is legitimate: a writer that only learns an entry needs zip64 when it writes
+/// the central directory (the member starts past 4 GiB, so only the central entry carries a
+/// zip64 offset) raises the central entry's version needed to 4.5 and leaves the local header as
+/// it was. Python's `zipfile`, and so the original's builder, does exactly that.
+fn headers_agree(local: &[u8], central: &[u8], extra: &[u8], name_len: usize) -> bool {
+    let descriptor = u16_at(local, 6) & 0x08 != 0;
+    let compared = if descriptor { 6..14 } else { 6..26 };
+    let (local_version, central_version) = (u16_at(local, 4), u16_at(central, 6));
+    let version_ok = local_version == central_version
+        || (central_version == ZIP64_VERSION
+            && local_version < ZIP64_VERSION
+            && has_zip64_extra(extra));
+    version_ok
+        && local[..4] == [0x50, 0x4b, 0x03, 0x04]
+        && local[compared.clone()] == central[compared.start + 2..compared.end + 2]
+        && local[26..28] == central[28..30]
+        && local[30..30 + name_len] == central[46..46 + name_len]
+}
+
+/// Whether an extra field holds a zip64 block (header id 1).
+fn has_zip64_extra(mut extra: &[u8]) -> bool {
+    while extra.len() >= 4 {
+        let (id, len) = (u16_at(extra, 0), u16_at(extra, 2) as usize);
+        if id == 0x0001 {
+            return true;
+        }
+        extra = extra.get(4 + len..).unwrap_or_default();
+    }
+    false
+}
+
 /// The end-of-central-directory record must describe exactly the directory that was read.
+/// When a zip64 locator precedes it, the zip64 end record it points at must, and the classic
+/// record's fields must each hold either the true value or their saturated "see zip64" value.
 fn check_end_record(
     raw: &mut File,
     file_len: u64,
@@ -338,25 +379,57 @@ fn check_end_record(
     };
     let eocd = &tail[i..i + 22];
     let eocd_at = file_len - (tail_len - i) as u64;
-    let zip64 = u16_at(eocd, 10) == 0xFFFF
-        || u32_at(eocd, 12) == 0xFFFF_FFFF
-        || u32_at(eocd, 16) == 0xFFFF_FFFF;
-    if zip64 {
-        // FIXME(zip64 end records are not cross-checked; bundles over 4 GiB or 65,535 objects
-        // rely on the zip reader's own checks there)
-        return Ok(());
+    let mismatch =
+        || "the end-of-central-directory record does not match the directory".to_string();
+    let (size, members) = (central_end - central_start, members as u64);
+    let disks_ok = u16_at(eocd, 4) == 0 && u16_at(eocd, 6) == 0;
+    let Some(zip64_at) = zip64_end_record_at(raw, eocd_at)? else {
+        let consistent = disks_ok
+            && u16_at(eocd, 8) as u64 == members
+            && u16_at(eocd, 10) as u64 == members
+            && u32_at(eocd, 12) as u64 == size
+            && u32_at(eocd, 16) as u64 == central_start
+            && central_end == eocd_at;
+        return if consistent { Ok(()) } else { Err(mismatch()) };
+    };
+    let saturated_or = |field: u64, max: u64, value: u64| field == value || field == max;
+    let record = read_at(raw, zip64_at, 56)?;
+    let consistent = disks_ok
+        && saturated_or(u16_at(eocd, 8) as u64, 0xFFFF, members)
+        && saturated_or(u16_at(eocd, 10) as u64, 0xFFFF, members)
+        && saturated_or(u32_at(eocd, 12) as u64, 0xFFFF_FFFF, size)
+        && saturated_or(u32_at(eocd, 16) as u64, 0xFFFF_FFFF, central_start)
+        && record[..4] == [0x50, 0x4b, 0x06, 0x06]
+        && u64_at(&record, 4) == 44
+        && u32_at(&record, 16) == 0
+        && u32_at(&record, 20) == 0
+        && u64_at(&record, 24) == members
+        && u64_at(&record, 32) == members
+        && u64_at(&record, 40) == size
+        && u64_at(&record, 48) == central_start
+        && central_end == zip64_at
+        && zip64_at + 56 + 20 == eocd_at;
+    if consistent {
+        Ok(())
+    } else {
+        Err(mismatch())
     }
-    let consistent = u16_at(eocd, 4) == 0
-        && u16_at(eocd, 6) == 0
-        && u16_at(eocd, 8) as usize == members
-        && u16_at(eocd, 10) as usize == members
-        && u32_at(eocd, 12) as u64 == central_end - central_start
-        && u32_at(eocd, 16) as u64 == central_start
-        && central_end == eocd_at;
-    if !consistent {
-        return Err("the end-of-central-directory record does not match the directory".into());
+}
+
+/// Where the zip64 end record is, when a zip64 end-record locator sits right before the classic
+/// end record at `eocd_at`.
+fn zip64_end_record_at(raw: &mut File, eocd_at: u64) -> Result<Option<u64>, String> {
+    let Some(locator_at) = eocd_at.checked_sub(20) else {
+        return Ok(None);
+    };
+    let locator = read_at(raw, locator_at, 20)?;
+    if locator[..4] != [0x50, 0x4b, 0x06, 0x07] {
+        return Ok(None);
     }
-    Ok(())
+    if u32_at(&locator, 4) != 0 || u32_at(&locator, 16) != 1 {
+        return Err("the zip64 end-record locator names another disk".into());
+    }
+    Ok(Some(u64_at(&locator, 8)))
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -365,6 +438,12 @@ fn u16_at(b: &[u8], at: usize) -> u16 {
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(bytes)
 }
 
 fn read_at(file: &mut File, at: u64, len: usize) -> Result<Vec<u8>, String> {
@@ -442,6 +521,92 @@ mod tests {
             "bundle_object_not_found"
         );
         assert!(!d.path().join("b.zip.partial").exists());
+    }
+
+    /// Rewrites a small zip the way Python's `zipfile` (the original's builder) writes one past
+    /// the zip64 limits: every central entry from the second on gets a zip64 extra field with its
+    /// offset and version needed 4.5 while its local header keeps 2.0, and a zip64 end record and
+    /// locator precede the classic end record, whose fields are saturated or not.
+    fn python_style_zip64(zip: &[u8], saturate: bool) -> Vec<u8> {
+        let eocd_at = zip.len() - 22;
+        let count = u16_at(zip, eocd_at + 10) as usize;
+        let central_start = u32_at(zip, eocd_at + 16) as usize;
+        let mut out = zip[..central_start].to_vec();
+        let mut at = central_start;
+        for i in 0..count {
+            let len = 46
+                + u16_at(zip, at + 28) as usize
+                + u16_at(zip, at + 30) as usize
+                + u16_at(zip, at + 32) as usize;
+            let mut entry = zip[at..at + len].to_vec();
+            if i > 0 {
+                let offset = u32_at(&entry, 42) as u64;
+                entry[4] = ZIP64_VERSION as u8;
+                entry[6..8].copy_from_slice(&ZIP64_VERSION.to_le_bytes());
+                entry[42..46].copy_from_slice(&u32::MAX.to_le_bytes());
+                let extra_len = u16_at(&entry, 30) + 12;
+                entry[30..32].copy_from_slice(&extra_len.to_le_bytes());
+                let name_end = 46 + u16_at(&entry, 28) as usize;
+                let mut block = vec![1, 0, 8, 0];
+                block.extend_from_slice(&offset.to_le_bytes());
+                entry.splice(name_end..name_end, block);
+            }
+            out.extend_from_slice(&entry);
+            at += len;
+        }
+        let (size, zip64_at) = ((out.len() - central_start) as u64, out.len() as u64);
+        out.extend_from_slice(&[0x50, 0x4b, 0x06, 0x06]);
+        out.extend_from_slice(&44u64.to_le_bytes());
+        out.extend_from_slice(&[ZIP64_VERSION as u8, 3, ZIP64_VERSION as u8, 0]);
+        out.extend_from_slice(&[0; 8]);
+        for v in [count as u64, count as u64, size, central_start as u64] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&[0x50, 0x4b, 0x06, 0x07, 0, 0, 0, 0]);
+        out.extend_from_slice(&zip64_at.to_le_bytes());
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&[0x50, 0x4b, 0x05, 0x06, 0, 0, 0, 0]);
+        let (n, size, start) = if saturate {
+            (u16::MAX, u32::MAX, u32::MAX)
+        } else {
+            (count as u16, size as u32, central_start as u32)
+        };
+        out.extend_from_slice(&n.to_le_bytes());
+        out.extend_from_slice(&n.to_le_bytes());
+        out.extend_from_slice(&size.to_le_bytes());
+        out.extend_from_slice(&start.to_le_bytes());
+        out.extend_from_slice(&[0, 0]);
+        out
+    }
+
+    #[test]
+    fn zip64_layout_of_python_zipfile_is_accepted() {
+        let d = tempfile::tempdir().unwrap();
+        let (path, key) = build(d.path(), &sample());
+        let zip = std::fs::read(&path).unwrap();
+        let python = d.path().join("python.zip");
+        for saturate in [false, true] {
+            std::fs::write(&python, python_style_zip64(&zip, saturate)).unwrap();
+            let r = BundleReader::open(&python, &key)
+                .unwrap_or_else(|e| panic!("saturated {saturate}: {e}"));
+            for (c, k, data) in sample() {
+                assert_eq!(r.read_bytes(c, k).unwrap(), data);
+            }
+        }
+
+        // Only a central entry with a zip64 block may need a later version than its local
+        // header, and the zip64 end record must describe the directory.
+        let mut lowered = python_style_zip64(&zip, false);
+        lowered[4] = 10;
+        std::fs::write(&python, &lowered).unwrap();
+        let e = BundleReader::open(&python, &key).unwrap_err();
+        assert!(e.to_string().contains("local header disagrees"), "{e}");
+        let mut miscounted = python_style_zip64(&zip, true);
+        let count_at = miscounted.len() - 22 - 20 - 56 + 24;
+        miscounted[count_at] ^= 1;
+        std::fs::write(&python, &miscounted).unwrap();
+        let e = BundleReader::open(&python, &key).unwrap_err();
+        assert_eq!(e.code(), "invalid_algorithm_bundle", "{e}");
     }
 
     #[test]

@@ -101,9 +101,7 @@ impl BundleWriter {
 
     /// Writes the manifest and its HMAC and moves the file into place. Returns the object count.
     pub fn finish(mut self) -> Result<usize, BundleError> {
-        let created_at = chrono::Utc::now()
-            .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
-            .to_string();
+        let created_at = iso_utc(chrono::Utc::now());
         let manifest = manifest::compose(&self.collections, &self.entries, &created_at);
         let signature = manifest::sign(&self.key, &manifest);
         let options = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
@@ -130,6 +128,16 @@ impl BundleWriter {
         })?;
         Ok(self.entries.len())
     }
+}
+
+/// A UTC time as Python's `datetime.isoformat()` writes it: microseconds only when there are any.
+fn iso_utc(at: chrono::DateTime<chrono::Utc>) -> String {
+    let format = if at.timestamp_subsec_micros() == 0 {
+        "%Y-%m-%dT%H:%M:%S+00:00"
+    } else {
+        "%Y-%m-%dT%H:%M:%S%.6f+00:00"
+    };
+    at.format(format).to_string()
 }
 
 impl Drop for BundleWriter {
@@ -180,5 +188,21 @@ impl ObjectWriter<'_> {
         entry.size = Some(size);
         writer.entries.push(entry);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::iso_utc;
+    use chrono::TimeZone;
+
+    #[test]
+    fn created_at_is_written_like_python_isoformat() {
+        let whole = chrono::Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        assert_eq!(iso_utc(whole), "2026-01-02T03:04:05+00:00");
+        let sub_micro = whole + chrono::Duration::nanoseconds(999);
+        assert_eq!(iso_utc(sub_micro), "2026-01-02T03:04:05+00:00");
+        let fraction = whole + chrono::Duration::microseconds(123_450);
+        assert_eq!(iso_utc(fraction), "2026-01-02T03:04:05.123450+00:00");
     }
 }
