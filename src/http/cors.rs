@@ -12,6 +12,11 @@ const SAFE_HEADERS: [&str; 4] = [
     "Content-Type",
 ];
 const ALL_METHODS: &str = "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT";
+/// What a preflight answer depends on (the original's Starlette sends this on every preflight).
+const PREFLIGHT_VARY: &str = concat!(
+    "Origin, Access-Control-Request-Method, Access-Control-Request-Headers, ",
+    "Access-Control-Request-Private-Network"
+);
 
 #[derive(Clone)]
 pub struct Cors {
@@ -40,11 +45,14 @@ impl Cors {
     }
 
     /// The answer to a preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`).
+    /// Private network access cannot be enabled in the settings, so a preflight asking for it
+    /// (`Access-Control-Request-Private-Network`) always fails with `private-network`.
     pub fn preflight(
         &self,
         origin: &str,
         method: &str,
         requested_headers: Option<&str>,
+        private_network: bool,
     ) -> HttpResponse {
         let mut failures = Vec::new();
         if !self.origin_allowed(origin) {
@@ -78,6 +86,9 @@ impl Cors {
                 }
             }
         }
+        if private_network {
+            failures.push("private-network");
+        }
         let mut resp = if failures.is_empty() {
             HttpResponse::Ok()
                 .content_type("text/plain; charset=utf-8")
@@ -90,18 +101,16 @@ impl Cors {
         let h = resp.headers_mut();
         set(h, "access-control-allow-methods", &self.methods());
         set(h, "access-control-max-age", &self.s.max_age.to_string());
-        let allow_headers = match (headers_any, requested_headers) {
-            (true, Some(req)) => req.to_string(),
-            _ => allowed.join(", "),
-        };
-        set(h, "access-control-allow-headers", &allow_headers);
+        match (headers_any, requested_headers) {
+            (true, Some(req)) => set(h, "access-control-allow-headers", req),
+            (true, None) => {}
+            (false, _) => set(h, "access-control-allow-headers", &allowed.join(", ")),
+        }
+        set(h, "vary", PREFLIGHT_VARY);
         if self.any_origin() && !self.s.allow_credentials {
             set(h, "access-control-allow-origin", "*");
-        } else {
-            set(h, "vary", "Origin");
-            if self.origin_allowed(origin) {
-                set(h, "access-control-allow-origin", origin);
-            }
+        } else if self.origin_allowed(origin) {
+            set(h, "access-control-allow-origin", origin);
         }
         if self.s.allow_credentials {
             set(h, "access-control-allow-credentials", "true");
@@ -109,15 +118,15 @@ impl Cors {
         resp
     }
 
-    /// Responses depend on `Origin` unless every origin gets the same answer (the original sends
-    /// `Vary: Origin` on every response).
+    /// Every response to an actual request depends on `Origin` (the original sends `Vary: Origin`
+    /// on all of them).
     pub fn vary(&self, headers: &mut actix_web::http::header::HeaderMap) {
-        if !self.any_origin() || self.s.allow_credentials {
-            append_vary(headers);
-        }
+        append_vary(headers);
     }
 
-    /// Adds headers to the response of an actual request that carried `Origin`.
+    /// Adds headers to the response of an actual request that carried `Origin`. The exposed
+    /// headers and the credentials flag go out whatever the origin (as the original does); only
+    /// `Access-Control-Allow-Origin` depends on it.
     pub fn decorate(
         &self,
         origin: &str,
@@ -128,11 +137,8 @@ impl Cors {
             set(headers, "access-control-allow-origin", "*");
         } else if self.origin_allowed(origin) {
             set(headers, "access-control-allow-origin", origin);
-            append_vary(headers);
-        } else {
-            append_vary(headers);
-            return;
         }
+        append_vary(headers);
         if self.s.allow_credentials {
             set(headers, "access-control-allow-credentials", "true");
         }

@@ -52,14 +52,17 @@ impl ApiError {
     }
 }
 
-/// E4 404, or a 307 to the same path with the trailing slash toggled when that path exists.
+/// E4 404, or a 307 to the same path with the trailing slash toggled when that path exists: every
+/// trailing slash is dropped (`/files//` → `/files`), or one is added; `/` itself is never
+/// redirected, so `//` (which would become the empty path) is a 404.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
     let path = req.path();
-    let alternate = match path.strip_suffix('/') {
-        Some(p) if !p.is_empty() => p.to_string(),
-        _ => format!("{path}/"),
+    let alternate = if path.ends_with('/') {
+        path.trim_end_matches('/').to_string()
+    } else {
+        format!("{path}/")
     };
-    if super::routes::matches_any(&alternate) {
+    if path != "/" && !alternate.is_empty() && super::routes::matches_any(&alternate) {
         let location = match req.query_string() {
             "" => alternate,
             q => format!("{alternate}?{q}"),

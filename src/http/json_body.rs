@@ -41,6 +41,18 @@ pub fn parse_object(
     if body.is_empty() {
         return Err(missing_body());
     }
+    // Python decodes a UTF-8 byte-order mark away before parsing.
+    let (body, text) = match body.strip_prefix(b"\xef\xbb\xbf") {
+        Some(rest) => (rest, String::from_utf8_lossy(rest).into_owned()),
+        None => (body, text),
+    };
+    if std::str::from_utf8(body).is_err() {
+        // Python fails to decode such a body before any JSON parsing: a framework 400, not a 422.
+        return Err(ApiError::Http {
+            status: 400,
+            detail: "There was an error parsing the body",
+        });
+    }
     let value: Value = serde_json::from_slice(body).map_err(|e| json_invalid(&text, &e))?;
     let Value::Object(map) = value else {
         return Err(ApiError::Validation(vec![json!({
@@ -118,8 +130,21 @@ fn missing_body() -> ApiError {
     ])
 }
 
-/// `json_invalid` with Python's character offset and a message in the style of its `json` module.
+/// `json_invalid` with the character offset and message of Python's `json` module; when Python
+/// would have accepted the text (`NaN`, huge numbers), serde's position in Python's words.
 fn json_invalid(text: &str, e: &serde_json::Error) -> ApiError {
+    let (offset, python_msg) =
+        super::pyjson::python_json_error(text).unwrap_or_else(|| serde_position(text, e));
+    ApiError::Validation(vec![json!({
+        "type": "json_invalid",
+        "loc": ["body", offset],
+        "msg": "JSON decode error",
+        "input": {},
+        "ctx": { "error": python_msg },
+    })])
+}
+
+fn serde_position(text: &str, e: &serde_json::Error) -> (usize, &'static str) {
     let offset = if e.is_eof() {
         text.chars().count()
     } else {
@@ -144,13 +169,7 @@ fn json_invalid(text: &str, e: &serde_json::Error) -> ApiError {
     } else {
         "Expecting value"
     };
-    ApiError::Validation(vec![json!({
-        "type": "json_invalid",
-        "loc": ["body", offset],
-        "msg": "JSON decode error",
-        "input": {},
-        "ctx": { "error": python_msg },
-    })])
+    (offset, python_msg)
 }
 
 /// Lax bool of query parameters (`rest-api.md` §1.4).

@@ -9,6 +9,7 @@ pub mod executions;
 pub mod files;
 pub mod json_body;
 pub mod openapi;
+mod pyjson;
 pub mod root;
 pub mod routes;
 
@@ -198,10 +199,14 @@ pub fn app(
                     .get("access-control-request-headers")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
+                let private_network = req
+                    .headers()
+                    .contains_key("access-control-request-private-network");
                 let resp = cors.preflight(
                     origin.as_deref().unwrap_or(""),
                     &method,
                     requested.as_deref(),
+                    private_network,
                 );
                 let (http_req, _) = req.into_parts();
                 let res = ServiceResponse::new(http_req, resp).map_into_right_body();
