@@ -354,8 +354,9 @@ async fn serve(settings: Settings) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// The MinIO supervisor, for `provider: minio` with `start_instance: true`.
-async fn start_minio(settings: &Settings) -> anyhow::Result<Option<Addr<MinioSupervisor>>> {
+/// The MinIO supervisor, for `provider: minio` with `start_instance: true` (the server and the
+/// commands that open the store themselves: `deploy-algorithms` offline and the bundle commands).
+pub async fn start_minio(settings: &Settings) -> anyhow::Result<Option<Addr<MinioSupervisor>>> {
     let BackendSettings::Minio(m) = &settings.storage.backend_settings else {
         return Ok(None);
     };
@@ -367,10 +368,22 @@ async fn start_minio(settings: &Settings) -> anyhow::Result<Option<Addr<MinioSup
         settings.storage.access_key_id.as_deref(),
         settings.storage.secret_access_key.as_deref(),
     );
-    Ok(Some(crate::actors::minio_supervisor::start(launch).await?))
+    crate::actors::minio_supervisor::start(launch).await
 }
 
-async fn stop_minio(minio: Option<Addr<MinioSupervisor>>) {
+/// Runs `work` with MinIO up when the settings ask for a supervised one, and stops it afterwards
+/// whatever `work` returned (`platform.md` §1.9, §1.12: the offline commands start MinIO too).
+pub async fn with_minio<T>(
+    settings: &Settings,
+    work: impl std::future::Future<Output = T>,
+) -> anyhow::Result<T> {
+    let minio = start_minio(settings).await?;
+    let out = work.await;
+    stop_minio(minio).await;
+    Ok(out)
+}
+
+pub async fn stop_minio(minio: Option<Addr<MinioSupervisor>>) {
     if let Some(minio) = minio {
         let _ = minio.send(StopMinio).await;
     }

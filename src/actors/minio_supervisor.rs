@@ -2,13 +2,17 @@
 //! (`platform.md` §3.2, §3.3).
 //!
 //! Owns: the MinIO child process (through a watcher task), its launch settings and the restart
-//! back-off. Flow: [`start`] checks the binary, launches it and polls the endpoint until it
-//! answers, all before the storage gateway or the HTTP server exist; the watcher task forwards
-//! stdout and stderr to tracing and reports the exit; an unexpected exit is followed by a restart
-//! after a back-off (0.5 s doubling to 30 s, reset after a minute of uptime); [`StopMinio`] kills
-//! it (SIGKILL, as the original). The child gets `PR_SET_PDEATHSIG`, so it dies with the server
-//! even when the server is killed. Fails: a missing binary or a server that never becomes
-//! healthy stop the start-up with an error, and nothing is left running.
+//! back-off. Flow: [`start`] first asks whether a MinIO already answers at the endpoint (a
+//! server running with the same settings; then it is used, not started twice, see §1.12's
+//! quirk), otherwise it makes sure the binary exists (downloading the pinned release,
+//! [`crate::storage::minio_binary`]), launches it and polls the endpoint until it answers, all
+//! before the storage gateway or the HTTP server exist; the watcher task forwards stdout and
+//! stderr to tracing and reports the exit; an unexpected exit is followed by a restart after a
+//! back-off (0.5 s doubling to 30 s, reset after a minute of uptime); [`StopMinio`] kills it
+//! (SIGKILL, as the original). The child gets `PR_SET_PDEATHSIG`, so it dies with the server
+//! even when the server is killed. Fails: a binary that is missing and cannot be downloaded, or
+//! a server that never becomes healthy, stop the start-up with an error, and nothing is left
+//! running.
 
 use crate::config::MinioBackendSettings;
 use actix::prelude::*;
@@ -20,8 +24,6 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::oneshot;
 
 const NAME: &str = "minio_supervisor";
-/// The release the original downloads (`platform.md` §3.2).
-pub const MINIO_RELEASE: &str = "RELEASE.2025-09-07T16-13-09Z";
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -79,9 +81,19 @@ pub struct MinioSupervisor {
     restarts: u64,
 }
 
-/// Checks the binary, starts MinIO and waits until it answers; the supervisor then keeps it up.
-pub async fn start(launch: MinioLaunch) -> anyhow::Result<Addr<MinioSupervisor>> {
-    ensure_binary(&launch)?;
+/// Starts MinIO and waits until it answers; the supervisor then keeps it up. `None` when a MinIO
+/// already answers at the endpoint: that one is used and left alone.
+pub async fn start(launch: MinioLaunch) -> anyhow::Result<Option<Addr<MinioSupervisor>>> {
+    if answers(&launch.endpoint).await {
+        tracing::warn!(
+            log_type = "MINIO",
+            endpoint = %launch.endpoint,
+            "a MinIO already answers at the endpoint (another compox with the same settings?); \
+             using it instead of starting one"
+        );
+        return Ok(None);
+    }
+    crate::storage::minio_binary::ensure(&launch.executable).await?;
     let addr = MinioSupervisor {
         launch: launch.clone(),
         running: None,
@@ -104,29 +116,19 @@ pub async fn start(launch: MinioLaunch) -> anyhow::Result<Addr<MinioSupervisor>>
         return Err(e);
     }
     tracing::info!(log_type = "MINIO", endpoint = %launch.endpoint, "MinIO is up");
-    Ok(addr)
+    Ok(Some(addr))
 }
 
-/// `platform.md` §3.2: the binary must be a regular file at `executable_path`.
-fn ensure_binary(launch: &MinioLaunch) -> anyhow::Result<()> {
-    if launch.executable.is_file() {
-        tracing::info!(log_type = "MINIO", "MinIO binary available.");
-        return Ok(());
-    }
-    // FIXME(no network in this workplace; the pinned-release download with SHA-256 check is not implemented)
-    anyhow::bail!(
-        "MinIO binary not found at {path}. This build does not download it: put the MinIO server \
-         binary ({MINIO_RELEASE}, minio.{os}-{arch}) at {path} and make it executable, set \
-         storage.backend_settings.executable_path to where it is, or set \
-         storage.backend_settings.start_instance: false to use a MinIO you run yourself",
-        path = launch.executable.display(),
-        os = std::env::consts::OS,
-        arch = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            other => other,
-        },
-    )
+/// One quick health probe: is a MinIO serving at `endpoint` right now?
+async fn answers(endpoint: &str) -> bool {
+    let url = format!("{}/minio/health/live", endpoint.trim_end_matches('/'));
+    let Ok(client) = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+    else {
+        return false;
+    };
+    matches!(client.get(&url).send().await, Ok(r) if r.status().is_success())
 }
 
 /// Polls `<endpoint>/minio/health/live` until it answers below 500 (MinIO answers 200 once it

@@ -32,7 +32,7 @@ pub fn run(config: &str, output: &str, key: Option<&str>) -> i32 {
     };
     let output = crate::config::absolute(Path::new(output));
     let system = actix::System::new();
-    system.block_on(async {
+    let work = async {
         let signer = crate::storage::filesystem::UrlSigner::new(format!(
             "http://127.0.0.1:{}",
             settings.port
@@ -60,5 +60,13 @@ pub fn run(config: &str, output: &str, key: Option<&str>) -> i32 {
                 1
             }
         }
+    };
+    system.block_on(async {
+        crate::server::with_minio(&settings, work)
+            .await
+            .unwrap_or_else(|e| {
+                eprintln!("Error: {e:#}");
+                1
+            })
     })
 }

@@ -161,7 +161,7 @@ fn report(
 
 fn offline(settings: &Settings, folders: &[PathBuf], delete_existing: bool) -> i32 {
     let system = actix::System::new();
-    system.block_on(async {
+    let work = async {
         let base = format!("http://127.0.0.1:{}", settings.port);
         let core = match crate::server::start_core(settings, base, false).await {
             Ok(c) => c,
@@ -203,6 +203,14 @@ fn offline(settings: &Settings, folders: &[PathBuf], delete_existing: bool) -> i
             b.finish();
         }
         0
+    };
+    system.block_on(async {
+        crate::server::with_minio(settings, work)
+            .await
+            .unwrap_or_else(|e| {
+                eprintln!("{e:#}");
+                1
+            })
     })
 }
 

@@ -26,7 +26,7 @@ pub fn run(config: &str, bundle_path: Option<String>, key: Option<String>) -> i3
     }
     crate::logging::init_default();
     let system = actix::System::new();
-    system.block_on(async {
+    let work = async {
         let (bar, progress) = bundle_common::progress("importing");
         let base = format!("http://127.0.0.1:{}", settings.port);
         let result = crate::server::start_core_with(&settings, base, false, progress).await;
@@ -59,5 +59,13 @@ pub fn run(config: &str, bundle_path: Option<String>, key: Option<String>) -> i3
                 1
             }
         }
+    };
+    system.block_on(async {
+        crate::server::with_minio(&settings, work)
+            .await
+            .unwrap_or_else(|e| {
+                eprintln!("Error: {e:#}");
+                1
+            })
     })
 }

@@ -49,7 +49,11 @@ pub fn run(args: &[String]) -> i32 {
         Err(e) => {
             tracing::error!("server failed to start: {e:#}");
             eprintln!("compox run: {e:#}");
-            3
+            if e.is::<crate::storage::minio_binary::Unavailable>() {
+                1
+            } else {
+                3
+            }
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod filesystem;
 pub mod hdf5_check;
+pub mod minio_binary;
 pub mod s3;
 
 use async_trait::async_trait;
