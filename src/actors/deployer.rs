@@ -1028,6 +1028,12 @@ impl Pipeline {
             .into());
         }
         let files = scan::scan(&root).map_err(|e| DeployError::RunnerNotFound { root: e })?;
+        if matches!(source, DeploySource::HttpFolder) {
+            // A symlinked file is read through: its target must be allowed too.
+            for link in &files.linked {
+                self.check_allowed(link)?;
+            }
+        }
         for w in &files.warnings {
             tracing::warn!(warning = %w, "algorithm folder");
         }

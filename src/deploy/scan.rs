@@ -10,6 +10,8 @@ pub struct Scan {
     /// True when the folder has a root `Runner.pyc` but no `Runner.py`.
     pub precompiled: bool,
     pub warnings: Vec<String>,
+    /// Included files that are symbolic links (their targets may lie outside the folder).
+    pub linked: Vec<PathBuf>,
 }
 
 const GIT_FILES: [&str; 3] = [".gitignore", ".gitmodules", ".gitattributes"];
@@ -69,6 +71,9 @@ fn walk(root: &Path, dir: &Path, out: &mut Scan, precompiled: bool) -> Result<()
         }
         if !path.is_file() || name.starts_with('.') {
             continue;
+        }
+        if is_link {
+            out.linked.push(path.clone());
         }
         let rel = path
             .strip_prefix(root)
