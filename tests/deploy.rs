@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{algorithms_dir, assert_golden, golden, invalid_algorithms_dir, normalize, Server};
+use common::{
+    algorithms_dir, assert_golden, golden, invalid_algorithms_dir, normalize, Server, TestStore,
+};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -93,19 +95,13 @@ fn zip_dir(src: &Path, zip_path: &Path, top: Option<&str>) {
     z.finish().unwrap();
 }
 
-/// File names in one storage collection (hidden bookkeeping folders aside).
+/// Keys of one storage collection.
 fn keys(server: &Server, collection: &str) -> BTreeSet<String> {
-    list_keys(&server.store(), collection)
+    list_keys(server.test_store(), collection)
 }
 
-fn list_keys(store: &Path, collection: &str) -> BTreeSet<String> {
-    match std::fs::read_dir(store.join(collection)) {
-        Ok(rd) => rd
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| !n.starts_with('.'))
-            .collect(),
-        Err(_) => BTreeSet::new(),
-    }
+fn list_keys(store: &TestStore, collection: &str) -> BTreeSet<String> {
+    store.keys(collection).into_iter().collect()
 }
 
 /// The stored record (`algorithm-store/<id>~<name>~<major>`) of an algorithm id: key and JSON.
@@ -114,8 +110,8 @@ fn stored_record(server: &Server, algorithm_id: &str) -> (String, Value) {
         .into_iter()
         .find(|k| k.starts_with(&format!("{algorithm_id}~")))
         .unwrap_or_else(|| panic!("no record for {algorithm_id}"));
-    let text = std::fs::read_to_string(server.store().join("algorithm-store").join(&key)).unwrap();
-    (key, serde_json::from_str(&text).unwrap())
+    let bytes = server.store_read("algorithm-store", &key).unwrap();
+    (key, serde_json::from_slice(&bytes).unwrap())
 }
 
 fn minor_keys(record: &Value) -> Vec<String> {
@@ -220,13 +216,13 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// A server config for `deploy-algorithms` whose storage is `<dir>/store`.
+/// A server config for `deploy-algorithms` on the store a server started in `dir` uses.
 fn cli_config(dir: &Path, port: u16) -> PathBuf {
     let path = dir.join("cli.yaml");
     let yaml = format!(
-        "port: {port}\nlog_path: {log}\nstorage:\n  backend_settings:\n    provider: filesystem\n    storage_path: {store}\ninference:\n  device: cpu\n  python_env: {venv}\n",
+        "port: {port}\nlog_path: {log}\n{storage}inference:\n  device: cpu\n  python_env: {venv}\n",
         log = dir.join("logs/cli.log").display(),
-        store = dir.join("store").display(),
+        storage = TestStore::for_dir(dir).storage_yaml(),
         venv = common::venv().display(),
     );
     std::fs::write(&path, yaml).unwrap();
@@ -299,19 +295,14 @@ async fn every_test_algorithm_deploys_with_a_v1_id_and_a_stored_record() {
         assert_eq!(object_keys(entry), ["timestamp", "module_id", "assets"]);
         let module_id = entry["module_id"].as_str().unwrap();
         assert!(module_id.len() == 32 && module_id.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert!(server
-            .store()
-            .join("module-store")
-            .join(module_id)
-            .is_file());
+        assert!(server.store_exists("module-store", module_id));
         // pyproject.toml is an asset, keyed by the MD5 of its bytes.
         let pyproject = std::fs::read(algorithms_dir().join(name).join("pyproject.toml")).unwrap();
         let md5 = md5_hex(&pyproject);
         assert_eq!(entry["assets"]["pyproject.toml"], md5.as_str(), "{name}");
-        assert!(server.store().join("asset-store").join(&md5).is_file());
+        assert!(server.store_exists("asset-store", &md5));
         // Written with four-space indentation, UTC timestamps with +00:00.
-        let raw =
-            std::fs::read_to_string(server.store().join("algorithm-store").join(&key)).unwrap();
+        let raw = String::from_utf8(server.store_read("algorithm-store", &key).unwrap()).unwrap();
         assert!(raw.starts_with("{\n    \"algorithm_id\": "), "{raw}");
         let ts = rec["timestamp"].as_str().unwrap();
         assert!(ts.len() == 25 && ts.ends_with("+00:00"), "{ts}");
@@ -825,10 +816,11 @@ async fn invalid_algorithms_are_refused_and_write_nothing() {
         }
         assert_eq!(snapshot(), before, "{folder} wrote to storage");
     }
-    let leftovers = std::fs::read_dir(server.store().join(".tmp"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    assert_eq!(leftovers, 0, "staging files left behind");
+    assert_eq!(
+        server.store_unfinished_writes(),
+        Vec::<String>::new(),
+        "staging files or multipart uploads left behind"
+    );
     // The index is untouched: only noop is listed.
     let (_, all) = server.get("/api/v0/algorithm/all").await;
     assert_eq!(names_of(&all), ["noop"]);
@@ -1080,7 +1072,7 @@ async fn delete_minor_keeps_shared_objects_and_delete_all_removes_everything() {
         .as_str()
         .unwrap()
         .to_string();
-    let has = |collection: &str, key: &str| server.store().join(collection).join(key).is_file();
+    let has = |collection: &str, key: &str| server.store_exists(collection, key);
 
     // Deleting minor 0 keeps what minors 1 and 2 still use (the spec's fixed quirk).
     let (status, body) = server
@@ -1286,10 +1278,8 @@ async fn async_deploy_completes_or_fails_with_a_stored_record() {
     assert!(rec["time_completed"].is_string());
     let (_, a1) = server.get("/api/v0/algorithm/tv_denoiser/1").await;
     assert_eq!(rec["algorithm_id"], a1["algorithm_id"]);
-    let stored: Value = serde_json::from_slice(
-        &std::fs::read(server.store().join("deploy-store").join(&deploy_id)).unwrap(),
-    )
-    .unwrap();
+    let stored: Value =
+        serde_json::from_slice(&server.store_read("deploy-store", &deploy_id).unwrap()).unwrap();
     assert_eq!(stored["status"], "COMPLETED");
     assert_eq!(stored["algorithm_minor_version"], "0");
 
@@ -1307,10 +1297,8 @@ async fn async_deploy_completes_or_fails_with_a_stored_record() {
         "{rec}"
     );
     assert!(rec["algorithm_id"].is_null());
-    let stored: Value = serde_json::from_slice(
-        &std::fs::read(server.store().join("deploy-store").join(&failed_id)).unwrap(),
-    )
-    .unwrap();
+    let stored: Value =
+        serde_json::from_slice(&server.store_read("deploy-store", &failed_id).unwrap()).unwrap();
     assert_eq!(stored["status"], "FAILED", "{stored}");
 
     // The path type is only checked in the background.
@@ -1370,6 +1358,25 @@ async fn deploys_outside_the_allowed_paths_are_forbidden() {
     std::os::unix::fs::symlink(&outside, &link).unwrap();
     let (status, body) = deploy_with(&server, &link, &[]).await;
     assert_eq!(status, 403, "symlink out of the allowed folder: {body}");
+    // A file inside an allowed folder that links to a file outside would be stored as an asset.
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret = secret_dir.path().join("secret.txt");
+    std::fs::write(&secret, "not for the store").unwrap();
+    let leaky = copy_algorithm("noop", allowed.path(), "leaky");
+    std::os::unix::fs::symlink(&secret, leaky.join("secret.txt")).unwrap();
+    let (status, body) = deploy_with(&server, &leaky, &[]).await;
+    assert_eq!(
+        status, 403,
+        "file symlink out of the allowed folder: {body}"
+    );
+    assert_eq!(body["code"], "deploy_path_not_allowed");
+    // One that stays inside the allowed folder is fine.
+    std::fs::remove_file(leaky.join("secret.txt")).unwrap();
+    std::fs::write(allowed.path().join("inside.txt"), "ok").unwrap();
+    std::os::unix::fs::symlink(allowed.path().join("inside.txt"), leaky.join("inside.txt"))
+        .unwrap();
+    let (status, body) = deploy_with(&server, &leaky, &[]).await;
+    assert_eq!(status, 200, "{body}");
     let (status, body) = start_async(&server, &outside).await;
     assert_eq!(status, 403, "{body}");
     // The CLI marker does not lift the restriction for HTTP callers.
@@ -1423,7 +1430,7 @@ async fn deploy_algorithms_without_a_server_writes_the_store() {
         "{}",
         text(&out)
     );
-    assert!(list_keys(&dir.path().join("store"), "algorithm-store").is_empty());
+    assert!(list_keys(&TestStore::for_dir(dir.path()), "algorithm-store").is_empty());
     let out = run(&["x"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -1438,7 +1445,7 @@ async fn deploy_algorithms_without_a_server_writes_the_store() {
     let out = run(&["tv_denoiser", "noop"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(
-        list_keys(&dir.path().join("store"), "algorithm-store").len(),
+        list_keys(&TestStore::for_dir(dir.path()), "algorithm-store").len(),
         2
     );
     // Running it again changes nothing (same content, same minor).
@@ -1672,14 +1679,11 @@ async fn deployer_restarts_after_a_fault_and_reloads_its_index() {
     let ghost_id = "11111111-2222-1333-8444-555555555555";
     rec["algorithm_id"] = json!(ghost_id);
     rec["algorithm_name"] = json!("ghost");
-    std::fs::write(
-        server
-            .store()
-            .join("algorithm-store")
-            .join(format!("{ghost_id}~ghost~1")),
-        serde_json::to_vec(&rec).unwrap(),
-    )
-    .unwrap();
+    server.store_write(
+        "algorithm-store",
+        &format!("{ghost_id}~ghost~1"),
+        &serde_json::to_vec(&rec).unwrap(),
+    );
     assert!(key.ends_with("~noop~1"));
     let (status, _) = server.get("/api/v0/algorithm/ghost/1").await;
     assert_eq!(status, 404);
@@ -1893,7 +1897,6 @@ async fn misconfigured_and_legacy_records() {
     let server = Server::start();
     let id = server.deploy_ok("noop").await;
     let (_, rec) = stored_record(&server, &id);
-    let store = server.store().join("algorithm-store");
 
     let mut bad = rec.clone();
     let bad_id = "21111111-2222-1333-8444-555555555555";
@@ -1902,11 +1905,11 @@ async fn misconfigured_and_legacy_records() {
     bad["additional_parameters"] = json!([{"name": "x", "displayed_name": "X", "description": "",
         "config": {"type": "float", "default": 1, "adjustable": true, "options": [], "min": null,
                    "max": null, "step": null, "decimal_precision": null}}]);
-    std::fs::write(
-        store.join(format!("{bad_id}~misconfigured~1")),
-        serde_json::to_vec(&bad).unwrap(),
-    )
-    .unwrap();
+    server.store_write(
+        "algorithm-store",
+        &format!("{bad_id}~misconfigured~1"),
+        &serde_json::to_vec(&bad).unwrap(),
+    );
 
     let legacy_id = "31111111-2222-1333-8444-555555555555";
     let legacy = json!({
@@ -1916,11 +1919,11 @@ async fn misconfigured_and_legacy_records() {
         "additional_parameters": [], "module_id": "0123456789abcdef0123456789abcdef",
         "assets": {}, "timestamp": "2024-01-02 03:04:05",
     });
-    std::fs::write(
-        store.join(format!("{legacy_id}~noop_legacy~1~0")),
-        serde_json::to_vec(&legacy).unwrap(),
-    )
-    .unwrap();
+    server.store_write(
+        "algorithm-store",
+        &format!("{legacy_id}~noop_legacy~1~0"),
+        &serde_json::to_vec(&legacy).unwrap(),
+    );
 
     // Reload the index from storage (a deployer restart).
     server.post("/_test/fault/deployer").await;
@@ -1951,7 +1954,7 @@ async fn misconfigured_and_legacy_records() {
     assert_eq!(r["algorithm_id"], legacy_id);
     let (key, rec) = stored_record(&server, legacy_id);
     assert_eq!(key, format!("{legacy_id}~noop_legacy~1"));
-    assert!(!store.join(format!("{legacy_id}~noop_legacy~1~0")).exists());
+    assert!(!server.store_exists("algorithm-store", &format!("{legacy_id}~noop_legacy~1~0")));
     assert_eq!(
         rec["latest_algorithm_minor_version"],
         r["algorithm_minor_version"]
@@ -2015,8 +2018,8 @@ async fn deploy_algorithms_delete_existing() {
         args.extend_from_slice(extra);
         compox(&args, dir.path())
     };
-    let store = dir.path().join("store");
-    let id_of = |store: &Path| {
+    let store = TestStore::for_dir(dir.path());
+    let id_of = |store: &TestStore| {
         let keys = list_keys(store, "algorithm-store");
         assert_eq!(keys.len(), 1, "{keys:?}");
         keys.into_iter()
@@ -2055,7 +2058,7 @@ async fn deploy_algorithms_delete_existing() {
     assert_eq!(status, 200);
     let third = a1["algorithm_id"].as_str().unwrap();
     assert_ne!(third, second);
-    assert_eq!(id_of(&server.store()), third);
+    assert_eq!(id_of(server.test_store()), third);
     assert_eq!(a1["removable"], false);
 }
 
@@ -2072,11 +2075,10 @@ async fn delete_algorithm_removes_its_checkpoints() {
     .await;
     let id = r["algorithm_id"].as_str().unwrap().to_string();
     let (key, mut rec) = stored_record(&server, &id);
-    let store = server.store();
     let cp = "41111111-2222-1333-8444-555555555555";
     let cp_asset = "51111111-2222-1333-8444-555555555555";
     let training = "61111111-2222-1333-8444-555555555555";
-    std::fs::write(store.join("asset-store").join(cp_asset), b"trained weights").unwrap();
+    server.store_write("asset-store", cp_asset, b"trained weights");
     let manifest = json!({
         "checkpoint_id": cp, "parent_algorithm_id": id, "parent_algorithm_key": key,
         "training_id": training, "assets": {"files/w.pt": cp_asset},
@@ -2084,26 +2086,18 @@ async fn delete_algorithm_removes_its_checkpoints() {
         "parent_checkpoint_id": null,
     });
     let manifest_bytes = serde_json::to_vec(&manifest).unwrap();
-    std::fs::write(
-        store.join("algorithm-checkpoint-store").join(cp),
-        &manifest_bytes,
-    )
-    .unwrap();
-    std::fs::write(
-        store.join("training-store").join(training),
-        serde_json::to_vec(
+    server.store_write("algorithm-checkpoint-store", cp, &manifest_bytes);
+    server.store_write(
+        "training-store",
+        training,
+        &serde_json::to_vec(
             &json!({"training_id": training, "output_checkpoint_ids": [cp, "other"]}),
         )
         .unwrap(),
-    )
-    .unwrap();
+    );
     rec["checkpoints"] = json!([cp, "71111111-2222-1333-8444-555555555555"]);
     rec["storage_metrics_stale"] = json!(true);
-    std::fs::write(
-        store.join("algorithm-store").join(&key),
-        serde_json::to_vec(&rec).unwrap(),
-    )
-    .unwrap();
+    server.store_write("algorithm-store", &key, &serde_json::to_vec(&rec).unwrap());
 
     // Reload: the stale metrics are recomputed with the checkpoint and written back.
     server.post("/_test/fault/deployer").await;
@@ -2134,17 +2128,15 @@ async fn delete_algorithm_removes_its_checkpoints() {
         (200, &json!({"detail": "Algorithm removed"}))
     );
     assert!(
-        !store.join("asset-store").join(cp_asset).exists(),
+        !server.store_exists("asset-store", cp_asset),
         "checkpoint asset deleted"
     );
     assert!(
-        !store.join("algorithm-checkpoint-store").join(cp).exists(),
+        !server.store_exists("algorithm-checkpoint-store", cp),
         "manifest deleted"
     );
-    let training_rec: Value = serde_json::from_slice(
-        &std::fs::read(store.join("training-store").join(training)).unwrap(),
-    )
-    .unwrap();
+    let training_rec: Value =
+        serde_json::from_slice(&server.store_read("training-store", training).unwrap()).unwrap();
     assert_eq!(training_rec["output_checkpoint_ids"], json!(["other"]));
     for c in ["module-store", "asset-store", "algorithm-store"] {
         assert!(keys(&server, c).is_empty(), "{c}: {:?}", keys(&server, c));
@@ -2172,8 +2164,8 @@ async fn check_importable_refuses_a_module_that_does_not_import() {
         "[tool.compox]",
         "[tool.compox]\ncheck_importable = true",
     );
-    let modules = list_keys(&server.store(), "module-store");
-    let assets = list_keys(&server.store(), "asset-store");
+    let modules = keys(&server, "module-store");
+    let assets = keys(&server, "asset-store");
     let (status, body) = deploy_with(&server, &bad, &[]).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["code"], "algorithm_module_import_check_failed");
@@ -2184,8 +2176,8 @@ async fn check_importable_refuses_a_module_that_does_not_import() {
             .contains("definitely_not_installed_pkg"),
         "{body}"
     );
-    assert_eq!(list_keys(&server.store(), "module-store"), modules);
-    assert_eq!(list_keys(&server.store(), "asset-store"), assets);
+    assert_eq!(keys(&server, "module-store"), modules);
+    assert_eq!(keys(&server, "asset-store"), assets);
 
     // Without the switch the same folder deploys (the failure shows at execution time).
     let plain = copy_algorithm("bad_import", tmp.path(), "bad_plain");

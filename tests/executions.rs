@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_golden, golden, images, inspect_h5, venv, Server, ServerOptions};
+use common::{assert_golden, golden, images, inspect_h5, venv, Backend, Server, ServerOptions};
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -238,11 +238,10 @@ fn h5_eval(bytes: &[u8], expression: &str) -> Value {
 
 /// The stored record once storage holds a terminal state (the pool may answer from memory first).
 async fn stored_terminal(server: &Server, id: &str) -> Value {
-    let path = server.store().join("execution-store").join(id);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let stored = std::fs::read(&path)
-            .ok()
+        let stored = server
+            .store_read("execution-store", id)
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
         if let Some(v) = stored.filter(|v| {
             ["COMPLETED", "FAILED", "STOPPED"].contains(&v["status"].as_str().unwrap_or(""))
@@ -272,7 +271,14 @@ fn kill(pid: u32, signal: i32) {
 }
 
 fn stop_request_exists(server: &Server, id: &str) -> bool {
-    server.store().join("stop-requests").join(id).exists()
+    server.store_exists("stop-requests", id)
+}
+
+/// The stored execution record of `id`, if storage has one.
+fn stored_record(server: &Server, id: &str) -> Option<Value> {
+    server
+        .store_read("execution-store", id)
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
 }
 
 // --- end to end on real images -------------------------------------------------------------
@@ -925,6 +931,11 @@ async fn deaf_sleeper_is_killed_after_the_grace_period() {
 
     let asked = Instant::now();
     assert_eq!(stop(&server, &id).await.0, 200);
+    // The request is in storage while the deaf algorithm ignores it.
+    wait_record(&server, &id, "stop request stored", |_| {
+        stop_request_exists(&server, &id)
+    })
+    .await;
     let (rec, _) = server.wait_terminal(&id, TERMINAL).await;
     let took = asked.elapsed();
 
@@ -1182,12 +1193,8 @@ async fn restart_fails_executions_left_running() {
     let id = server.execute(&alg, &[], json!({"seconds": 30.0})).await;
     let before = wait_progressing(&server, &id).await;
     // Wait until the RUNNING state is on disk (the persister writes at most every 100 ms).
-    let stored_path = server.store().join("execution-store").join(&id);
     wait_record(&server, &id, "RUNNING stored", |_| {
-        std::fs::read(&stored_path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .is_some_and(|v| v["status"] == "RUNNING")
+        stored_record(&server, &id).is_some_and(|v| v["status"] == "RUNNING")
     })
     .await;
 
@@ -1221,11 +1228,16 @@ async fn restart_fails_executions_left_running() {
 async fn unwritable_record_store_gives_emergency_record() {
     let server = Server::start();
     let alg = server.deploy_ok("noop").await;
-    let records = server.store().join("execution-store");
-    if records.exists() {
-        std::fs::remove_dir_all(&records).unwrap();
+    match common::backend() {
+        Backend::Filesystem => {
+            let records = server.store().join("execution-store");
+            if records.exists() {
+                std::fs::remove_dir_all(&records).unwrap();
+            }
+            std::fs::write(&records, b"not a directory").unwrap();
+        }
+        Backend::S3 => server.test_store().delete_s3_bucket("execution-store"),
     }
-    std::fs::write(&records, b"not a directory").unwrap();
 
     let (status, body) = server
         .post_json(
@@ -1353,19 +1365,22 @@ async fn refused_final_write_leaves_failed_emergency_record() {
     let alg = server.deploy_ok("sleeper").await;
     let id = server.execute(&alg, &[], json!({"seconds": 1.5})).await;
     wait_progressing(&server, &id).await;
-    let stored_path = server.store().join("execution-store").join(&id);
     wait_record(&server, &id, "RUNNING stored", |_| {
-        std::fs::read(&stored_path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .is_some_and(|v| v["status"] == "RUNNING")
+        stored_record(&server, &id).is_some_and(|v| v["status"] == "RUNNING")
     })
     .await;
 
-    // Every later write fails (staging lives in <store>/.tmp); reads still work.
-    let staging = server.store().join(".tmp");
-    std::fs::remove_dir_all(&staging).unwrap();
-    std::fs::write(&staging, b"not a directory").unwrap();
+    // Every later write fails: on the filesystem staging (in <store>/.tmp) breaks and reads
+    // still work; on S3 the record bucket goes, the stale RUNNING record is put back below.
+    let stale = stored_record(&server, &id).unwrap();
+    match common::backend() {
+        Backend::Filesystem => {
+            let staging = server.store().join(".tmp");
+            std::fs::remove_dir_all(&staging).unwrap();
+            std::fs::write(&staging, b"not a directory").unwrap();
+        }
+        Backend::S3 => server.test_store().delete_s3_bucket("execution-store"),
+    }
     let (rec, seen) = server.wait_terminal(&id, TERMINAL).await;
 
     assert_eq!(rec["status"], "FAILED", "statuses {seen:?}: {rec}");
@@ -1386,9 +1401,14 @@ async fn refused_final_write_leaves_failed_emergency_record() {
         "{emergency}"
     );
     // The stale primary record (RUNNING) never wins over the failed fallback.
+    if common::backend() == Backend::S3 {
+        assert_eq!(stored_record(&server, &id), None, "no write got through");
+        server.test_store().create_s3_bucket("execution-store");
+        server.store_write("execution-store", &id, &serde_json::to_vec(&stale).unwrap());
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(record(&server, &id).await["status"], "FAILED");
-    let stored: Value = serde_json::from_slice(&std::fs::read(&stored_path).unwrap()).unwrap();
+    let stored = stored_record(&server, &id).unwrap();
     assert_eq!(
         stored["status"], "RUNNING",
         "the primary was really left behind: {stored}"
@@ -1460,4 +1480,52 @@ async fn workers_survive_raw_output_surrogates_and_forks() {
     }
     assert_eq!(alive(), 0, "orphans left in the worker's process group");
     wait_restarted(&server, 0, pid).await;
+}
+
+/// Malformed JSON bodies get the position and message Python's `json` module gives (the
+/// differential probe compared them with the original), a UTF-8 byte-order mark is skipped as
+/// Python does, and a body that is not UTF-8 is the framework's 400.
+#[tokio::test]
+async fn malformed_json_bodies_are_described_as_python_describes_them() {
+    let server = Server::start_with(ServerOptions {
+        wait_ready: false,
+        ..Default::default()
+    });
+    let post = |body: &'static [u8]| {
+        server
+            .client
+            .post(server.url("/api/v0/execute-algorithm"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let cases: &[(&[u8], usize, &str)] = &[
+        (b"{\"a\": 1,}", 8, "Expecting property name enclosed in double quotes"),
+        (b"{\"a\": \"x", 6, "Unterminated string starting at"),
+        (b"{\"a\": \"\\q\"}", 7, "Invalid \\escape"),
+        (b"nul", 0, "Expecting value"),
+        (b"{\"a\": 1", 7, "Expecting ',' delimiter"),
+        (b"01", 1, "Extra data"),
+    ];
+    for (body, offset, message) in cases {
+        let r = post(body).await.unwrap();
+        assert_eq!(r.status().as_u16(), 422);
+        let v: Value = r.json().await.unwrap();
+        let text = String::from_utf8_lossy(body);
+        assert_eq!(v["detail"][0]["type"], "json_invalid", "{text}: {v}");
+        assert_eq!(v["detail"][0]["loc"], json!(["body", offset]), "{text}: {v}");
+        assert_eq!(v["detail"][0]["ctx"]["error"], *message, "{text}: {v}");
+    }
+
+    let r = post(b"\xef\xbb\xbf{}").await.unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["detail"][0]["type"], "missing", "BOM skipped: {v}");
+
+    let r = post(b"{\"algorithm_id\": \"\xff\"}").await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"detail": "There was an error parsing the body", "code": "http_400", "retryable": false})
+    );
 }

@@ -80,6 +80,8 @@ pub struct Server {
     pub dir: tempfile::TempDir,
     pub log: Arc<Mutex<Vec<String>>>,
     pub client: reqwest::Client,
+    /// The store the generated config points at (`None` with an explicit `storage_yaml`).
+    pub test_store: Option<TestStore>,
 }
 
 /// A free loopback port (bound and released; good enough for tests).
@@ -105,12 +107,15 @@ impl Server {
     pub fn start_in(dir: tempfile::TempDir, opts: ServerOptions) -> Server {
         let port = free_port();
         let config = dir.path().join("compox.yaml");
-        let storage = opts.storage_yaml.clone().unwrap_or_else(|| {
-            format!(
-                "storage:\n  backend_settings:\n    provider: filesystem\n    storage_path: {}\n",
-                dir.path().join("store").display()
-            )
-        });
+        let test_store = opts
+            .storage_yaml
+            .is_none()
+            .then(|| TestStore::for_dir(dir.path()));
+        let storage = match (&opts.storage_yaml, &test_store) {
+            (Some(yaml), _) => yaml.clone(),
+            (None, Some(store)) => store.storage_yaml(),
+            (None, None) => unreachable!("a store is made when no storage_yaml is given"),
+        };
         let yaml = format!(
             "port: {port}\nlog_path: {log}\n{storage}inference:\n  device: cpu\n  python_env: {venv}\n  stop_grace_period_s: 3.0\n{extra}",
             log = dir.path().join("logs/compox.log").display(),
@@ -148,8 +153,15 @@ impl Server {
             dir,
             log,
             client,
+            test_store,
         };
         server.wait_up(opts.wait_ready);
+        if let Some(store) = &server.test_store {
+            assert!(
+                store.collection_exists("data-store"),
+                "the server did not set up the test store"
+            );
+        }
         server
     }
 
@@ -179,8 +191,52 @@ impl Server {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// The filesystem store's folder; only for checks that have no meaning on S3 (the
+    /// backend-neutral `store_*` methods cover everything else).
     pub fn store(&self) -> PathBuf {
+        assert_eq!(
+            backend(),
+            Backend::Filesystem,
+            "Server::store() is the filesystem store's folder"
+        );
         self.dir.path().join("store")
+    }
+
+    /// The store this server's generated config points at.
+    pub fn test_store(&self) -> &TestStore {
+        self.test_store
+            .as_ref()
+            .expect("a server started with an explicit storage_yaml has no TestStore")
+    }
+
+    /// Keys of one collection, in byte order.
+    pub fn store_keys(&self, collection: &str) -> Vec<String> {
+        self.test_store().keys(collection)
+    }
+
+    pub fn store_read(&self, collection: &str, key: &str) -> Option<Vec<u8>> {
+        self.test_store().read(collection, key)
+    }
+
+    pub fn store_size(&self, collection: &str, key: &str) -> Option<u64> {
+        self.test_store().size(collection, key)
+    }
+
+    pub fn store_exists(&self, collection: &str, key: &str) -> bool {
+        self.test_store().exists(collection, key)
+    }
+
+    pub fn store_write(&self, collection: &str, key: &str, bytes: &[u8]) {
+        self.test_store().write(collection, key, bytes)
+    }
+
+    pub fn store_delete(&self, collection: &str, key: &str) {
+        self.test_store().delete(collection, key)
+    }
+
+    /// Writes begun and never finished (see [`TestStore::unfinished_writes`]).
+    pub fn store_unfinished_writes(&self) -> Vec<String> {
+        self.test_store().unfinished_writes()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -465,11 +521,21 @@ pub struct Moto {
 
 impl Moto {
     pub fn start() -> Moto {
+        use std::os::unix::process::CommandExt;
         let port = free_port();
-        let child = Command::new(moto_server_exe())
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let mut cmd = Command::new(moto_server_exe());
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: prctl is async-signal-safe; a test process that dies without dropping its Moto
+        // (the shared one is never dropped) takes moto_server with it.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
             .spawn()
             .expect("start .venv/bin/moto_server (scripts/setup-python.sh installs moto[server])");
         let moto = Moto { child, port };
@@ -516,4 +582,384 @@ pub fn s3_storage_yaml(port: u16, prefix: &str) -> String {
     format!(
         "storage:\n  collection_prefix: \"{prefix}\"\n  access_key_id: {S3_ACCESS_KEY}\n  secret_access_key: {S3_SECRET_KEY}\n  backend_settings:\n    provider: minio\n    start_instance: false\n    port: {port}\n"
     )
+}
+
+/// A plain SDK client on the S3 server at `endpoint`, to look at what a server did behind its API.
+pub fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            S3_ACCESS_KEY,
+            S3_SECRET_KEY,
+            None,
+            None,
+            "test",
+        ))
+        .http_client(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                ))
+                .build_https(),
+        )
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+// ---- Backend switch: the file, deploy and execution suites run on either store ----------------
+
+/// The store servers started without an explicit `storage_yaml` use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Filesystem,
+    S3,
+}
+
+/// `COMPOX_TEST_BACKEND`: `filesystem` (the default) or `s3` (a `moto_server` per test process).
+pub fn backend() -> Backend {
+    static BACKEND: OnceLock<Backend> = OnceLock::new();
+    *BACKEND.get_or_init(|| match std::env::var("COMPOX_TEST_BACKEND").as_deref() {
+        Err(_) | Ok("") | Ok("filesystem") => Backend::Filesystem,
+        Ok("s3") => Backend::S3,
+        Ok(other) => panic!("COMPOX_TEST_BACKEND={other:?}: expected filesystem or s3"),
+    })
+}
+
+/// The `moto_server` every S3-backed server of this test process shares, each under its own
+/// collection prefix. It is started on a thread that never ends, so it lives exactly as long as
+/// the process (the parent-death signal kills it then) and outlives restarts on the same folder.
+fn shared_moto_endpoint() -> &'static str {
+    static ENDPOINT: OnceLock<String> = OnceLock::new();
+    ENDPOINT.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let moto = Moto::start();
+            let _ = tx.send(moto.endpoint());
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().expect("the shared moto_server did not start")
+    })
+}
+
+/// Where a server started in a folder keeps its objects, and direct access to them (without
+/// the server) for checks: the folder's `store/` on the filesystem, or its own bucket prefix on
+/// the shared `moto_server`. Restarting a server on the same folder reaches the same objects.
+#[derive(Clone)]
+pub enum TestStore {
+    Filesystem(PathBuf),
+    S3 {
+        endpoint: String,
+        prefix: String,
+        client: aws_sdk_s3::Client,
+    },
+}
+
+impl TestStore {
+    /// The store of `dir` on the selected [`backend`]; an S3 prefix is made once and kept in
+    /// `dir/s3-prefix`.
+    pub fn for_dir(dir: &Path) -> TestStore {
+        match backend() {
+            Backend::Filesystem => TestStore::Filesystem(dir.join("store")),
+            Backend::S3 => {
+                static NEXT: std::sync::atomic::AtomicUsize =
+                    std::sync::atomic::AtomicUsize::new(0);
+                let file = dir.join("s3-prefix");
+                let prefix = std::fs::read_to_string(&file).unwrap_or_else(|_| {
+                    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let prefix = format!("t{n}-");
+                    std::fs::write(&file, &prefix).unwrap();
+                    prefix
+                });
+                let endpoint = shared_moto_endpoint().to_string();
+                let client = s3_client(&endpoint);
+                TestStore::S3 {
+                    endpoint,
+                    prefix,
+                    client,
+                }
+            }
+        }
+    }
+
+    /// The `storage:` block of a config on this store.
+    pub fn storage_yaml(&self) -> String {
+        match self {
+            TestStore::Filesystem(root) => format!(
+                "storage:\n  backend_settings:\n    provider: filesystem\n    storage_path: {}\n",
+                root.display()
+            ),
+            TestStore::S3 {
+                endpoint, prefix, ..
+            } => {
+                let port = endpoint.rsplit(':').next().unwrap().parse().unwrap();
+                s3_storage_yaml(port, prefix)
+            }
+        }
+    }
+
+    /// Whether the collection exists (its folder or bucket).
+    pub fn collection_exists(&self, collection: &str) -> bool {
+        match self {
+            TestStore::Filesystem(root) => root.join(collection).is_dir(),
+            TestStore::S3 { client, .. } => {
+                let (client, bucket) = (client.clone(), self.bucket(collection));
+                s3_blocking(async move {
+                    match client.head_bucket().bucket(&bucket).send().await {
+                        Ok(_) => true,
+                        Err(e) if s3_missing(&e) => false,
+                        Err(e) => panic!("head bucket {bucket}: {e:?}"),
+                    }
+                })
+            }
+        }
+    }
+
+    /// Keys of one collection in byte order; none when the collection does not exist.
+    pub fn keys(&self, collection: &str) -> Vec<String> {
+        match self {
+            TestStore::Filesystem(root) => {
+                let Ok(entries) = std::fs::read_dir(root.join(collection)) else {
+                    return Vec::new();
+                };
+                let mut keys: Vec<String> = entries
+                    .map(|e| e.unwrap())
+                    .filter(|e| e.file_type().unwrap().is_file())
+                    .filter_map(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        compox::storage::filesystem::decode_key(&name)
+                    })
+                    .collect();
+                keys.sort();
+                keys
+            }
+            TestStore::S3 { client, .. } => {
+                let (client, bucket) = (client.clone(), self.bucket(collection));
+                s3_blocking(async move {
+                    let mut keys = Vec::new();
+                    let mut pages = client
+                        .list_objects_v2()
+                        .bucket(&bucket)
+                        .into_paginator()
+                        .send();
+                    while let Some(page) = pages.next().await {
+                        match page {
+                            Ok(page) => keys.extend(
+                                page.contents()
+                                    .iter()
+                                    .filter_map(|o| o.key().map(str::to_string)),
+                            ),
+                            Err(e) if s3_missing(&e) => break,
+                            Err(e) => panic!("list {bucket}: {e:?}"),
+                        }
+                    }
+                    keys.sort();
+                    keys
+                })
+            }
+        }
+    }
+
+    pub fn read(&self, collection: &str, key: &str) -> Option<Vec<u8>> {
+        match self {
+            TestStore::Filesystem(_) => std::fs::read(self.path(collection, key)).ok(),
+            TestStore::S3 { client, .. } => {
+                let (client, bucket, key) =
+                    (client.clone(), self.bucket(collection), key.to_string());
+                s3_blocking(async move {
+                    match client.get_object().bucket(&bucket).key(&key).send().await {
+                        Ok(out) => Some(out.body.collect().await.unwrap().to_vec()),
+                        Err(e) if s3_missing(&e) => None,
+                        Err(e) => panic!("get {bucket}/{key}: {e:?}"),
+                    }
+                })
+            }
+        }
+    }
+
+    pub fn size(&self, collection: &str, key: &str) -> Option<u64> {
+        match self {
+            TestStore::Filesystem(_) => std::fs::metadata(self.path(collection, key))
+                .ok()
+                .filter(|m| m.is_file())
+                .map(|m| m.len()),
+            TestStore::S3 { client, .. } => {
+                let (client, bucket, key) =
+                    (client.clone(), self.bucket(collection), key.to_string());
+                s3_blocking(async move {
+                    match client.head_object().bucket(&bucket).key(&key).send().await {
+                        Ok(out) => Some(out.content_length().unwrap_or(0) as u64),
+                        Err(e) if s3_missing(&e) => None,
+                        Err(e) => panic!("head {bucket}/{key}: {e:?}"),
+                    }
+                })
+            }
+        }
+    }
+
+    pub fn exists(&self, collection: &str, key: &str) -> bool {
+        self.size(collection, key).is_some()
+    }
+
+    /// Writes an object behind the server's back (the collection must exist).
+    pub fn write(&self, collection: &str, key: &str, bytes: &[u8]) {
+        match self {
+            TestStore::Filesystem(_) => std::fs::write(self.path(collection, key), bytes).unwrap(),
+            TestStore::S3 { client, .. } => {
+                let (client, bucket, key) =
+                    (client.clone(), self.bucket(collection), key.to_string());
+                let body = aws_sdk_s3::primitives::ByteStream::from(bytes.to_vec());
+                s3_blocking(async move {
+                    let r = client
+                        .put_object()
+                        .bucket(&bucket)
+                        .key(&key)
+                        .body(body)
+                        .send()
+                        .await;
+                    r.unwrap_or_else(|e| panic!("put {bucket}/{key}: {e:?}"));
+                })
+            }
+        }
+    }
+
+    pub fn delete(&self, collection: &str, key: &str) {
+        match self {
+            TestStore::Filesystem(_) => {
+                let _ = std::fs::remove_file(self.path(collection, key));
+            }
+            TestStore::S3 { client, .. } => {
+                let (client, bucket, key) =
+                    (client.clone(), self.bucket(collection), key.to_string());
+                s3_blocking(async move {
+                    let r = client
+                        .delete_object()
+                        .bucket(&bucket)
+                        .key(&key)
+                        .send()
+                        .await;
+                    r.unwrap_or_else(|e| panic!("delete {bucket}/{key}: {e:?}"));
+                })
+            }
+        }
+    }
+
+    /// Writes that were begun and never finished: staging files in the filesystem store's
+    /// `.tmp`, or open multipart uploads in any of this store's S3 buckets.
+    pub fn unfinished_writes(&self) -> Vec<String> {
+        match self {
+            TestStore::Filesystem(root) => std::fs::read_dir(root.join(".tmp"))
+                .map(|rd| {
+                    rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            TestStore::S3 { client, .. } => {
+                let client = client.clone();
+                let buckets: Vec<String> = compox::storage::COLLECTIONS
+                    .iter()
+                    .map(|c| self.bucket(c))
+                    .collect();
+                s3_blocking(async move {
+                    let mut open = Vec::new();
+                    for bucket in buckets {
+                        match client.list_multipart_uploads().bucket(&bucket).send().await {
+                            Ok(out) => open.extend(out.uploads().iter().map(|u| {
+                                format!(
+                                    "{bucket}/{} (upload {:?})",
+                                    u.key().unwrap_or(""),
+                                    u.upload_id()
+                                )
+                            })),
+                            Err(e) if s3_missing(&e) => {}
+                            Err(e) => panic!("list multipart uploads of {bucket}: {e:?}"),
+                        }
+                    }
+                    open
+                })
+            }
+        }
+    }
+
+    /// S3 only: deletes a collection's bucket with everything in it, so that every later write
+    /// to it fails (`NoSuchBucket`). Objects a running server writes meanwhile are deleted too.
+    pub fn delete_s3_bucket(&self, collection: &str) {
+        let TestStore::S3 { client, .. } = self else {
+            panic!("delete_s3_bucket on a filesystem store");
+        };
+        let (client, bucket) = (client.clone(), self.bucket(collection));
+        s3_blocking(async move {
+            for _ in 0..50 {
+                let listed = client.list_objects_v2().bucket(&bucket).send().await;
+                let listed = listed.unwrap_or_else(|e| panic!("list {bucket}: {e:?}"));
+                for o in listed.contents() {
+                    let key = o.key().unwrap_or_default();
+                    let r = client.delete_object().bucket(&bucket).key(key).send().await;
+                    r.unwrap_or_else(|e| panic!("delete {bucket}/{key}: {e:?}"));
+                }
+                if client.delete_bucket().bucket(&bucket).send().await.is_ok() {
+                    return;
+                }
+            }
+            panic!("bucket {bucket} never became empty");
+        })
+    }
+
+    /// S3 only: creates a collection's bucket (without the server's lifecycle rules).
+    pub fn create_s3_bucket(&self, collection: &str) {
+        let TestStore::S3 { client, .. } = self else {
+            panic!("create_s3_bucket on a filesystem store");
+        };
+        let (client, bucket) = (client.clone(), self.bucket(collection));
+        s3_blocking(async move {
+            let r = client.create_bucket().bucket(&bucket).send().await;
+            r.unwrap_or_else(|e| panic!("create {bucket}: {e:?}"));
+        })
+    }
+
+    fn path(&self, collection: &str, key: &str) -> PathBuf {
+        let TestStore::Filesystem(root) = self else {
+            unreachable!("path() of an S3 store");
+        };
+        root.join(collection)
+            .join(compox::storage::filesystem::encode_key(key))
+    }
+
+    fn bucket(&self, collection: &str) -> String {
+        match self {
+            TestStore::Filesystem(_) => unreachable!("bucket() of a filesystem store"),
+            TestStore::S3 { prefix, .. } => format!("{prefix}{collection}"),
+        }
+    }
+}
+
+/// Whether an SDK error means "no such key or bucket".
+fn s3_missing<E: aws_sdk_s3::error::ProvideErrorMetadata>(
+    e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> bool {
+    let code = e.as_service_error().and_then(|s| s.code());
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    matches!(code, Some("NoSuchKey" | "NoSuchBucket" | "NotFound")) || status == Some(404)
+}
+
+/// Runs an S3 request future to completion from synchronous test code (also from inside a
+/// test's own runtime), on one runtime the harness keeps for the process.
+fn s3_blocking<T: Send + 'static>(fut: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    let runtime = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    runtime.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    rx.recv().expect("an S3 inspection request panicked")
 }
