@@ -32,14 +32,24 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, extra_yaml: str = "", workers: int = 1, store: Path | None = None):
+    def __init__(
+        self,
+        extra_yaml: str = "",
+        workers: int = 1,
+        store: Path | None = None,
+        storage_yaml: str | None = None,
+    ):
+        """`storage_yaml` replaces the filesystem `storage:` block (e.g. an S3 one)."""
         self.dir = tempfile.mkdtemp(prefix="compox-bench-", dir=os.environ.get("BENCH_DIR"))
         self.port = free_port()
         store = store or Path(self.dir) / "store"
+        storage_yaml = storage_yaml or (
+            f"storage:\n  backend_settings:\n    provider: filesystem\n    storage_path: {store}\n"
+        )
         cfg = Path(self.dir) / "compox.yaml"
         cfg.write_text(
             f"port: {self.port}\nlog_path: {self.dir}/logs/compox.log\n"
-            f"storage:\n  backend_settings:\n    provider: filesystem\n    storage_path: {store}\n"
+            f"{storage_yaml}"
             f"inference:\n  device: cpu\n  python_env: {VENV}\n"
             f"  backend_settings:\n    executor: fastapi_background_tasks\n    worker_number: {workers}\n"
             f"logging:\n  console_level: WARNING\n{extra_yaml}"

@@ -37,6 +37,9 @@ pub const ALGORITHM_STORE: &str = "algorithm-store";
 pub const MODULE_STORE: &str = "module-store";
 pub const ASSET_STORE: &str = "asset-store";
 pub const CHECKPOINT_STORE: &str = "algorithm-checkpoint-store";
+pub const SAMPLE_STORE: &str = "sample-store";
+pub const TRAINING_STORE: &str = "training-store";
+pub const BENCHMARK_STORE: &str = "benchmark-store";
 pub const STOP_REQUESTS: &str = "stop-requests";
 pub const DEPLOY_STORE: &str = "deploy-store";
 
@@ -88,6 +91,9 @@ pub enum StorageError {
     Unavailable { operation: String, message: String },
     #[error("{operation} failed: {message}")]
     WriteFailed { operation: String, message: String },
+    /// S3 `InsufficientStorage`: `storage_write_failed`, but worth retrying later (§4.6).
+    #[error("{operation} failed: insufficient storage: {message}")]
+    InsufficientStorage { operation: String, message: String },
     /// The body was refused by a check that ran while it streamed (e.g. not HDF5).
     #[error("upload rejected: {0}")]
     Rejected(String),
@@ -105,13 +111,18 @@ impl StorageError {
             StorageError::DiskFull { .. } => "disk_full",
             StorageError::AccessDenied { .. } => "storage_access_denied",
             StorageError::Unavailable { .. } => "storage_unavailable",
-            StorageError::WriteFailed { .. } | StorageError::Aborted(_) => "storage_write_failed",
+            StorageError::WriteFailed { .. }
+            | StorageError::InsufficientStorage { .. }
+            | StorageError::Aborted(_) => "storage_write_failed",
             StorageError::Rejected(_) => "upload_rejected",
         }
     }
 
     pub fn retryable(&self) -> bool {
-        matches!(self, StorageError::Unavailable { .. })
+        matches!(
+            self,
+            StorageError::Unavailable { .. } | StorageError::InsufficientStorage { .. }
+        )
     }
 
     pub fn is_not_found(&self) -> bool {

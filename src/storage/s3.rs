@@ -5,7 +5,15 @@
 //! Writes under 8 MiB are one PutObject; larger bodies stream as a multipart upload of 8 MiB parts,
 //! a few in flight at once, aborted on any failure, so memory stays at a few parts whatever the
 //! object size. Reads stream the response body. Listing follows continuation tokens to the end.
-//! Retries are the SDK's standard mode with 20 attempts in total, as in the original.
+//!
+//! Retries, as in the original: every request gets the SDK's standard mode with 20 attempts in
+//! total. On top of that a PutObject the service refused is sent 5 more times (0.1, 0.2, 0.4,
+//! 0.8, 1.6 s apart), and a multipart upload is retried for `AccessDenied`, `InvalidPart`,
+//! `InternalError`, `ServiceUnavailable` and `SlowDown`, 8 attempts in all. The original repeats
+//! the whole multipart upload; a streamed body cannot be replayed, so here the step that failed
+//! (create, one part, complete) is repeated instead, with the same codes, count, delays and
+//! warning. Tests shorten the SDK's back-off with `COMPOX_TEST_S3_MAX_BACKOFF_MS` (only honoured
+//! with `COMPOX_TEST_FAULTS=1`), so an outage fails within seconds instead of minutes.
 //!
 //! Lifecycle rules are put only when a bucket is created (the original's behaviour): changing
 //! `*_expire_days` later does not touch existing buckets.
@@ -33,7 +41,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use md5::{Digest, Md5};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 /// Part size of multipart uploads, and the size from which a body goes multipart.
@@ -41,6 +49,19 @@ pub const PART_SIZE: usize = 8 * 1024 * 1024;
 /// Parts uploaded at once: bounds memory to about this many parts per upload.
 const PARTS_IN_FLIGHT: usize = 4;
 const MAX_ATTEMPTS: u32 = 20;
+/// The SDK's longest wait between attempts (its default).
+const MAX_BACKOFF: Duration = Duration::from_secs(20);
+/// Further attempts of a PutObject the service refused (`platform.md` §4.3).
+const PUT_RETRIES: u32 = 5;
+/// Attempts of each multipart step, for the codes of [`MULTIPART_RETRY_CODES`].
+const MULTIPART_ATTEMPTS: u32 = 8;
+const MULTIPART_RETRY_CODES: [&str; 5] = [
+    "AccessDenied",
+    "InvalidPart",
+    "InternalError",
+    "ServiceUnavailable",
+    "SlowDown",
+];
 const RULE_ID: &str = "Delete objects after expiration days";
 
 /// Everything an [`S3Backend`] is built from.
@@ -184,7 +205,7 @@ impl S3Backend {
             .retry_config(
                 aws_sdk_s3::config::retry::RetryConfig::standard()
                     .with_max_attempts(MAX_ATTEMPTS)
-                    .with_max_backoff(Duration::from_secs(20)),
+                    .with_max_backoff(sdk_max_backoff()),
             );
         if let Some(url) = &cfg.endpoint_url {
             builder = builder.endpoint_url(url.clone());
@@ -299,44 +320,60 @@ impl S3Backend {
             .map_err(|e| normalise(op, e))
     }
 
+    /// One PutObject, sent again up to [`PUT_RETRIES`] times while the service refuses it.
     async fn put_small(
         &self,
         collection: &str,
         key: &str,
         body: Bytes,
     ) -> Result<(), StorageError> {
-        self.client
-            .put_object()
-            .bucket(self.bucket(collection))
-            .key(key)
-            .content_length(body.len() as i64)
-            .body(SdkByteStream::from(body))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| normalise(&format!("put_objects to {collection}"), e))
+        let bucket = self.bucket(collection);
+        let mut retries = 0;
+        loop {
+            let sent = self
+                .client
+                .put_object()
+                .bucket(&bucket)
+                .key(key)
+                .content_length(body.len() as i64)
+                .body(SdkByteStream::from(body.clone()))
+                .send()
+                .await;
+            match sent {
+                Ok(_) => return Ok(()),
+                Err(e @ SdkError::ServiceError(_)) if retries < PUT_RETRIES => {
+                    tracing::warn!(
+                        "Error uploading object {key}: {}",
+                        aws_sdk_s3::error::DisplayErrorContext(&e)
+                    );
+                    tokio::time::sleep(put_retry_delay(retries)).await;
+                    retries += 1;
+                }
+                Err(e) => return Err(normalise(&format!("put_objects to {collection}"), e)),
+            }
+        }
     }
 
-    /// Streams `first` (one full part) and the rest of `body` as a multipart upload; aborts the
-    /// upload on any failure, including an `Err` item from the body.
+    /// Streams the parts cut so far and the rest of `body` as a multipart upload: body reads and
+    /// part uploads overlap, at most [`PARTS_IN_FLIGHT`] parts at once. Aborts the upload on any
+    /// failure, including an `Err` item from the body.
     async fn put_multipart(
         &self,
         collection: &str,
         key: &str,
-        first: Bytes,
-        rest: BytesMut,
+        mut parts: Parts,
         mut body: ByteStream,
     ) -> Result<u64, StorageError> {
         let op = format!("put_objects to {collection}");
         let bucket = self.bucket(collection);
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| normalise(&op, e))?;
+        let created = multipart_step(&op, || {
+            self.client
+                .create_multipart_upload()
+                .bucket(&bucket)
+                .key(key)
+                .send()
+        })
+        .await?;
         let Some(upload_id) = created.upload_id().map(str::to_string) else {
             return Err(StorageError::WriteFailed {
                 operation: op,
@@ -348,50 +385,43 @@ impl S3Backend {
             let mut done: Vec<CompletedPart> = Vec::new();
             let mut number = 0i32;
             let mut written = 0u64;
-            let mut buf = rest;
-            let mut pending = Some(first);
             let mut ended = false;
             loop {
-                // Queue every full part we hold, then wait for room or more body.
-                while let Some(part) = pending.take().or_else(|| {
-                    (buf.len() >= PART_SIZE || (ended && !buf.is_empty()))
-                        .then(|| buf.split_to(buf.len().min(PART_SIZE)).freeze())
-                }) {
+                while in_flight.len() < PARTS_IN_FLIGHT {
+                    let Some(part) = parts.full.pop_front().or_else(|| parts.last(ended)) else {
+                        break;
+                    };
                     number += 1;
                     written += part.len() as u64;
                     in_flight.push(self.upload_part(&bucket, key, &upload_id, number, part, &op));
-                    while in_flight.len() >= PARTS_IN_FLIGHT {
-                        if let Some(r) = in_flight.next().await {
-                            done.push(r?);
-                        }
-                    }
                 }
-                if ended {
+                if ended && in_flight.is_empty() {
                     break;
                 }
-                match body.next().await {
-                    Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                    Some(Err(e)) => return Err(body_error(e)),
-                    None => ended = true,
+                // Read on while parts upload; with all slots taken, wait for one to finish.
+                tokio::select! {
+                    Some(r) = in_flight.next(), if !in_flight.is_empty() => done.push(r?),
+                    chunk = body.next(), if !ended && parts.full.is_empty() => match chunk {
+                        Some(Ok(chunk)) => parts.push(chunk),
+                        Some(Err(e)) => return Err(body_error(e)),
+                        None => ended = true,
+                    },
                 }
             }
-            while let Some(r) = in_flight.next().await {
-                done.push(r?);
-            }
             done.sort_by_key(|p| p.part_number());
-            self.client
-                .complete_multipart_upload()
-                .bucket(&bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(done))
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| normalise(&op, e))?;
+            let parts = CompletedMultipartUpload::builder()
+                .set_parts(Some(done))
+                .build();
+            multipart_step(&op, || {
+                self.client
+                    .complete_multipart_upload()
+                    .bucket(&bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .multipart_upload(parts.clone())
+                    .send()
+            })
+            .await?;
             Ok(written)
         }
         .await;
@@ -423,18 +453,18 @@ impl S3Backend {
         part: Bytes,
         op: &str,
     ) -> Result<CompletedPart, StorageError> {
-        let out = self
-            .client
-            .upload_part()
-            .bucket(bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .part_number(number)
-            .content_length(part.len() as i64)
-            .body(SdkByteStream::from(part))
-            .send()
-            .await
-            .map_err(|e| normalise(op, e))?;
+        let out = multipart_step(op, || {
+            self.client
+                .upload_part()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .content_length(part.len() as i64)
+                .body(SdkByteStream::from(part.clone()))
+                .send()
+        })
+        .await?;
         Ok(CompletedPart::builder()
             .part_number(number)
             .set_e_tag(out.e_tag().map(str::to_string))
@@ -519,6 +549,91 @@ pub fn replace_host(url: &str, host: &str) -> String {
     )
 }
 
+/// A body cut into parts of exactly [`PART_SIZE`]: each part is filled in a buffer of that size,
+/// so a part in flight holds no more memory than its bytes.
+#[derive(Default)]
+struct Parts {
+    full: VecDeque<Bytes>,
+    current: BytesMut,
+}
+
+impl Parts {
+    fn push(&mut self, mut chunk: Bytes) {
+        while !chunk.is_empty() {
+            if self.current.is_empty() && chunk.len() >= PART_SIZE {
+                // A whole part inside one chunk (`put_bytes`): no copy.
+                self.full.push_back(chunk.split_to(PART_SIZE));
+                continue;
+            }
+            if self.current.capacity() < PART_SIZE {
+                self.current.reserve(PART_SIZE - self.current.len());
+            }
+            let take = (PART_SIZE - self.current.len()).min(chunk.len());
+            self.current.extend_from_slice(&chunk.split_to(take));
+            if self.current.len() == PART_SIZE {
+                self.full
+                    .push_back(std::mem::take(&mut self.current).freeze());
+            }
+        }
+    }
+
+    /// The short last part, once the body ended.
+    fn last(&mut self, ended: bool) -> Option<Bytes> {
+        (ended && !self.current.is_empty()).then(|| std::mem::take(&mut self.current).freeze())
+    }
+}
+
+/// The SDK's back-off cap: its default, or what a test asked for (`COMPOX_TEST_FAULTS=1` and
+/// `COMPOX_TEST_S3_MAX_BACKOFF_MS`).
+fn sdk_max_backoff() -> Duration {
+    if !crate::actors::faults_enabled() {
+        return MAX_BACKOFF;
+    }
+    std::env::var("COMPOX_TEST_S3_MAX_BACKOFF_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(MAX_BACKOFF, Duration::from_millis)
+}
+
+/// Delay before PutObject retry `i` (0-based): `min(0.1·2^i, 2.0)` s.
+fn put_retry_delay(i: u32) -> Duration {
+    Duration::from_secs_f64((0.1 * 2f64.powi(i as i32)).min(2.0))
+}
+
+/// Runs one request of a multipart upload; while it fails with one of [`MULTIPART_RETRY_CODES`]
+/// it is sent again, [`MULTIPART_ATTEMPTS`] times in all, `min(2.0, 0.1·2^n) + U(0, 0.2)` s after
+/// failed attempt `n`. Any other error, or the last one, is normalised at once.
+async fn multipart_step<T, E, F, Fut>(op: &str, mut send: F) -> Result<T, StorageError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<
+        Output = Result<T, SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
+    >,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let mut attempt = 1;
+    loop {
+        let err = match send().await {
+            Ok(out) => return Ok(out),
+            Err(e) => e,
+        };
+        let code = err
+            .code()
+            .filter(|c| MULTIPART_RETRY_CODES.contains(c))
+            .map(str::to_string);
+        let Some(code) = code.filter(|_| attempt < MULTIPART_ATTEMPTS) else {
+            return Err(normalise(op, err));
+        };
+        let delay = (0.1 * 2f64.powi(attempt as i32)).min(2.0) + rand::random::<f64>() * 0.2;
+        tracing::warn!(
+            "Multipart upload failed with {code}; retrying (attempt {attempt}/{MULTIPART_ATTEMPTS}) in {delay:.2}s: {}",
+            aws_sdk_s3::error::DisplayErrorContext(&err)
+        );
+        tokio::time::sleep(Duration::from_secs_f64(delay)).await;
+        attempt += 1;
+    }
+}
+
 fn body_error(e: std::io::Error) -> StorageError {
     match e.kind() {
         std::io::ErrorKind::InvalidData => StorageError::Rejected(e.to_string()),
@@ -562,8 +677,36 @@ where
     matches!(err.code(), Some("NoSuchKey") | Some("NotFound")) || status_of(err) == Some(404)
 }
 
+/// The credentials provider's failure behind `err`, if that is what stopped the request.
+fn credentials_error<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a aws_credential_types::provider::error::CredentialsError> {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if let Some(found) = e.downcast_ref() {
+            return Some(found);
+        }
+        cause = e.source();
+    }
+    None
+}
+
+/// An error and its sources, as `outer: inner: …` (Display only).
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}
+
 /// Storage error normalisation of `platform.md` §4.6. A request that got no answer at all
 /// (connection refused, timeout) after the SDK's retries is an outage: `storage_unavailable`.
+/// One that could not be signed for want of credentials is "anything else", with a message that
+/// names the cause.
 fn normalise<E>(
     operation: &str,
     err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
@@ -573,6 +716,18 @@ where
 {
     let operation = operation.to_string();
     let message = aws_sdk_s3::error::DisplayErrorContext(&err).to_string();
+    if let Some(cause) = credentials_error(&err) {
+        // Not an outage: nothing was sent, and trying again finds the same (missing) keys.
+        return StorageError::WriteFailed {
+            operation,
+            message: format!(
+                "no usable AWS credentials: storage.access_key_id and secret_access_key are not \
+                 set, and the default AWS chain (environment, shared config and credentials \
+                 files, web identity, ECS, instance metadata) gave none: {}",
+                error_chain(cause)
+            ),
+        };
+    }
     let code = err.code().map(str::to_string);
     let status = status_of(&err);
     match (code.as_deref(), status) {
@@ -581,6 +736,9 @@ where
         }
         (Some("InternalError") | Some("ServiceUnavailable") | Some("SlowDown"), _)
         | (None, Some(500) | Some(503)) => StorageError::Unavailable { operation, message },
+        (Some("InsufficientStorage"), _) | (None, Some(507)) => {
+            StorageError::InsufficientStorage { operation, message }
+        }
         _ if matches!(
             err,
             SdkError::DispatchFailure(_) | SdkError::TimeoutError(_)
@@ -612,23 +770,20 @@ impl Backend for S3Backend {
         mut body: ByteStream,
     ) -> Result<u64, StorageError> {
         validate_key(key)?;
-        let mut buf = BytesMut::new();
+        let mut parts = Parts::default();
         let written = loop {
             match body.next().await {
                 Some(Ok(chunk)) => {
-                    buf.extend_from_slice(&chunk);
-                    if buf.len() >= PART_SIZE {
-                        let first = buf.split_to(PART_SIZE).freeze();
-                        break self
-                            .put_multipart(collection, key, first, buf, body)
-                            .await?;
+                    parts.push(chunk);
+                    if !parts.full.is_empty() {
+                        break self.put_multipart(collection, key, parts, body).await?;
                     }
                 }
                 Some(Err(e)) => return Err(body_error(e)),
                 None => {
-                    let len = buf.len() as u64;
-                    self.put_small(collection, key, buf.freeze()).await?;
-                    break len;
+                    let small = parts.current.freeze();
+                    self.put_small(collection, key, small.clone()).await?;
+                    break small.len() as u64;
                 }
             }
         };
@@ -869,7 +1024,42 @@ impl Backend for S3Backend {
 
 #[cfg(test)]
 mod tests {
-    use super::replace_host;
+    use super::{put_retry_delay, replace_host, Parts, PART_SIZE};
+    use bytes::Bytes;
+
+    #[test]
+    fn parts_are_exactly_part_size_whatever_the_chunking() {
+        let mut parts = Parts::default();
+        let chunk = Bytes::from(vec![7u8; 3 * 1024 * 1024 + 5]);
+        for _ in 0..6 {
+            parts.push(chunk.clone());
+        }
+        let total = 6 * chunk.len();
+        assert_eq!(parts.full.len(), total / PART_SIZE);
+        for p in &parts.full {
+            assert_eq!(p.len(), PART_SIZE);
+        }
+        // The part being filled never grows past one part.
+        assert_eq!(parts.current.capacity(), PART_SIZE);
+        assert!(parts.last(false).is_none());
+        assert_eq!(parts.last(true).unwrap().len(), total % PART_SIZE);
+        assert!(parts.last(true).is_none());
+
+        // A chunk holding whole parts is sliced, not copied.
+        let mut parts = Parts::default();
+        let big = Bytes::from(vec![1u8; 2 * PART_SIZE + 10]);
+        parts.push(big.clone());
+        assert_eq!(parts.full.len(), 2);
+        assert_eq!(parts.full[0].as_ptr(), big.as_ptr());
+        assert_eq!(parts.last(true).unwrap().len(), 10);
+    }
+
+    #[test]
+    fn put_retry_delays_follow_the_original() {
+        let delays: Vec<u128> = (0..5).map(|i| put_retry_delay(i).as_millis()).collect();
+        assert_eq!(delays, vec![100, 200, 400, 800, 1600]);
+        assert_eq!(put_retry_delay(9).as_millis(), 2000);
+    }
 
     #[test]
     fn host_rewrite_keeps_scheme_port_path_and_query() {
