@@ -14,11 +14,13 @@ mod common;
 #[path = "common/original.rs"]
 mod original;
 
-use common::{algorithms_dir, free_port, images, venv, Moto, Server, ServerOptions, EXE};
+use common::{
+    algorithms_dir, compox_cli, images, write_cli_config, Moto, Server, ServerOptions, TestStore,
+};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -40,15 +42,6 @@ const BIG_ASSET_BYTES: usize = 12 << 20;
 // ---------------------------------------------------------------------------------------------
 // Our side
 
-fn ours(args: &[&str], cwd: &Path) -> Output {
-    Command::new(EXE)
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("VIRTUAL_ENV")
-        .output()
-        .unwrap()
-}
-
 fn ok(what: &str, o: &Output) -> String {
     original::ok(what, o)
 }
@@ -57,63 +50,109 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// The `storage:` block of a filesystem store in `dir/store`.
-fn fs_storage_yaml(dir: &Path) -> String {
-    format!(
-        "storage:\n  backend_settings:\n    provider: filesystem\n    storage_path: {}\n",
-        dir.join("store").display()
-    )
+/// Which implementation runs a bundle command.
+#[derive(Clone, Copy)]
+enum Side {
+    Ours,
+    Original,
 }
 
-/// Our CLI config for the filesystem store in `dir/store`.
-fn our_config(dir: &Path) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let path = dir.join("compox.yaml");
-    let yaml = format!(
-        "port: {port}\nlog_path: {log}\n{storage}inference:\n  device: cpu\n  python_env: {venv}\n",
-        port = free_port(),
-        log = dir.join("logs/compox.log").display(),
-        storage = fs_storage_yaml(dir),
-        venv = venv().display(),
-    );
-    std::fs::write(&path, yaml).unwrap();
-    path
-}
+impl Side {
+    fn cli(self, args: &[&str], cwd: &Path) -> Output {
+        match self {
+            Side::Ours => compox_cli(args, cwd),
+            Side::Original => original::cli(args, cwd, CLI_TIMEOUT),
+        }
+    }
 
-fn our_key() -> String {
-    let key = ok(
-        "our generate-algorithm-bundle-key",
-        &ours(&["generate-algorithm-bundle-key"], &common::repo()),
-    );
-    key.trim().to_string()
-}
+    fn name(self) -> &'static str {
+        match self {
+            Side::Ours => "our",
+            Side::Original => "the original's",
+        }
+    }
 
-fn our_inspect(bundle: &Path, key: &str) -> Output {
-    ours(
-        &[
-            "inspect-algorithm-bundle",
-            "--bundle-path",
-            bundle.to_str().unwrap(),
-            "--key",
-            key,
-        ],
-        bundle.parent().unwrap(),
-    )
-}
+    fn key(self) -> String {
+        let out = self.cli(&["generate-algorithm-bundle-key"], &common::repo());
+        let what = format!("{} generate-algorithm-bundle-key", self.name());
+        ok(&what, &out).trim().to_string()
+    }
 
-fn our_import(config: &Path, bundle: &Path, key: &str) -> Output {
-    ours(
-        &[
-            "import-algorithm-bundle",
+    /// Deploys two algorithms of `tests/algorithms` into the store of `config`.
+    fn deploy(self, config: &Path, names: [&str; 2]) {
+        let (cfg, algorithms) = (config.to_str().unwrap(), algorithms_dir());
+        let path = algorithms.to_str().unwrap();
+        let [a, b] = names;
+        let args = [
+            "deploy-algorithms",
             "--config",
-            config.to_str().unwrap(),
-            "--bundle-path",
-            bundle.to_str().unwrap(),
-            "--key",
-            key,
-        ],
-        config.parent().unwrap(),
-    )
+            cfg,
+            "--path",
+            path,
+            "-n",
+            a,
+            "-n",
+            b,
+            "--no-verbose",
+        ];
+        let what = format!("{} deploy-algorithms", self.name());
+        ok(&what, &self.cli(&args, config.parent().unwrap()));
+    }
+
+    /// Bundles the store of `config` into `output` with `key`.
+    fn build(self, config: &Path, output: &Path, key: &str) {
+        let out = self.cli(&build_args(config, output, key), config.parent().unwrap());
+        assert_bundled_all(&format!("{} build-algorithm-bundle", self.name()), &out);
+    }
+
+    fn inspect(self, bundle: &Path, key: &str) -> Output {
+        let path = bundle.to_str().unwrap();
+        self.cli(
+            &[
+                "inspect-algorithm-bundle",
+                "--bundle-path",
+                path,
+                "--key",
+                key,
+            ],
+            bundle.parent().unwrap(),
+        )
+    }
+
+    fn import(self, config: &Path, bundle: &Path, key: &str) -> Output {
+        let (cfg, path) = (config.to_str().unwrap(), bundle.to_str().unwrap());
+        self.cli(
+            &[
+                "import-algorithm-bundle",
+                "--config",
+                cfg,
+                "--bundle-path",
+                path,
+                "--key",
+                key,
+            ],
+            config.parent().unwrap(),
+        )
+    }
+}
+
+/// The arguments of `build-algorithm-bundle` for the store of `config`, into `output` with `key`.
+fn build_args<'a>(config: &'a Path, output: &'a Path, key: &'a str) -> [&'a str; 7] {
+    [
+        "build-algorithm-bundle",
+        "--config",
+        config.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--key",
+        key,
+    ]
+}
+
+/// Asserts a build succeeded and bundled every object of a fixture's source store.
+fn assert_bundled_all(what: &str, built: &Output) {
+    let built = ok(what, built);
+    assert!(built.contains("Objects bundled: 11"), "{built}");
 }
 
 /// Every object of a filesystem store's bundled collections: collection → key → bytes.
@@ -136,46 +175,6 @@ fn fs_objects(store: &Path) -> BTreeMap<String, BTreeMap<String, Vec<u8>>> {
 
 // ---------------------------------------------------------------------------------------------
 // The original's side
-
-fn original_cli(args: &[&str], cwd: &Path) -> Output {
-    original::cli(args, cwd, CLI_TIMEOUT)
-}
-
-fn original_key() -> String {
-    let key = ok(
-        "the original's generate-algorithm-bundle-key",
-        &original_cli(&["generate-algorithm-bundle-key"], &common::repo()),
-    );
-    key.trim().to_string()
-}
-
-fn original_inspect(bundle: &Path, key: &str) -> Output {
-    original_cli(
-        &[
-            "inspect-algorithm-bundle",
-            "--bundle-path",
-            bundle.to_str().unwrap(),
-            "--key",
-            key,
-        ],
-        bundle.parent().unwrap(),
-    )
-}
-
-fn original_import(config: &Path, bundle: &Path, key: &str) -> Output {
-    original_cli(
-        &[
-            "import-algorithm-bundle",
-            "--config",
-            config.to_str().unwrap(),
-            "--bundle-path",
-            bundle.to_str().unwrap(),
-            "--key",
-            key,
-        ],
-        config.parent().unwrap(),
-    )
-}
 
 /// The S3 dump's objects of one bucket: key → `{size, sha256[, text]}`.
 fn bucket<'a>(dump: &'a Value, name: &str) -> &'a serde_json::Map<String, Value> {
@@ -202,18 +201,6 @@ struct Checkpoints {
     assets: Vec<(String, Vec<u8>)>,
     /// checkpoint id → manifest bytes.
     manifests: Vec<(String, Vec<u8>)>,
-}
-
-fn big_bytes(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 fn checkpoints_for(algorithm_key: &str) -> Checkpoints {
@@ -251,7 +238,10 @@ fn checkpoints_for(algorithm_key: &str) -> Checkpoints {
                 manifest(&parent, Value::Null, json!({"pyproject.toml": big})),
             ),
         ],
-        assets: vec![(defaults, defaults_body), (big, big_bytes(BIG_ASSET_BYTES))],
+        assets: vec![
+            (defaults, defaults_body),
+            (big, common::pseudo_random_bytes(BIG_ASSET_BYTES)),
+        ],
         child,
         parent,
     }
@@ -314,8 +304,6 @@ fn build_fixture() -> Fixture {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bundle_compat");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let algorithms = algorithms_dir();
-    let algorithms = algorithms.to_str().unwrap();
 
     // The original deploys two algorithms (tv_denoiser has a code folder and two assets) into
     // moto, gets a checkpoint chain, and bundles its store with a key of ours.
@@ -323,25 +311,7 @@ fn build_fixture() -> Fixture {
     std::fs::create_dir_all(&odir).unwrap();
     let moto = Moto::start();
     let config = original::write_config(&odir, moto.port);
-    let config_arg = config.to_str().unwrap();
-    ok(
-        "the original's deploy-algorithms",
-        &original_cli(
-            &[
-                "deploy-algorithms",
-                "--config",
-                config_arg,
-                "--path",
-                algorithms,
-                "-n",
-                "tv_denoiser",
-                "-n",
-                "threshold_segmenter",
-                "--no-verbose",
-            ],
-            &odir,
-        ),
-    );
+    Side::Original.deploy(&config, ["tv_denoiser", "threshold_segmenter"]);
     let deployed = original::s3_dump(&moto.endpoint(), &JSON_BUCKETS, &odir);
     let (tv_key, tv_entry) = bucket(&deployed, ALGORITHM_STORE)
         .iter()
@@ -362,66 +332,21 @@ fn build_fixture() -> Fixture {
     original::s3_put(&endpoint, ALGORITHM_STORE, tv_key, &record, &odir);
     let original_source = original::s3_dump(&endpoint, &JSON_BUCKETS, &odir);
     let original_bundle = odir.join("original-bundle.zip");
-    let original_bundle_key = our_key();
-    let built = ok(
-        "the original's build-algorithm-bundle",
-        &original_cli(
-            &[
-                "build-algorithm-bundle",
-                "--config",
-                config_arg,
-                "--output",
-                original_bundle.to_str().unwrap(),
-                "--key",
-                &original_bundle_key,
-            ],
-            &odir,
-        ),
-    );
-    assert!(built.contains("Objects bundled: 11"), "{built}");
+    let original_bundle_key = Side::Ours.key();
+    Side::Original.build(&config, &original_bundle, &original_bundle_key);
     let original_zip64_bundle = odir.join("original-zip64-bundle.zip");
-    let built = ok(
+    let args = build_args(&config, &original_zip64_bundle, &original_bundle_key);
+    assert_bundled_all(
         "the original's build-algorithm-bundle past the zip64 limits",
-        &original::py(
-            ZIP64_BUILD,
-            &[
-                "build-algorithm-bundle",
-                "--config",
-                config_arg,
-                "--output",
-                original_zip64_bundle.to_str().unwrap(),
-                "--key",
-                &original_bundle_key,
-            ],
-            &odir,
-        ),
+        &original::py(ZIP64_BUILD, &args, &odir),
     );
-    assert!(built.contains("Objects bundled: 11"), "{built}");
     drop(moto);
 
     // Ours deploys two algorithms (all_params needs nothing beyond numpy, so the original can
     // run it), gets a checkpoint chain, and bundles its store with a key of the original's.
     let udir = dir.join("ours");
-    let config = our_config(&udir);
-    let config_arg = config.to_str().unwrap();
-    ok(
-        "our deploy-algorithms",
-        &ours(
-            &[
-                "deploy-algorithms",
-                "--config",
-                config_arg,
-                "--path",
-                algorithms,
-                "-n",
-                "tv_denoiser",
-                "-n",
-                "all_params",
-                "--no-verbose",
-            ],
-            &udir,
-        ),
-    );
+    let config = write_cli_config(&udir);
+    Side::Ours.deploy(&config, ["tv_denoiser", "all_params"]);
     let our_source = udir.join("store");
     let tv_key = fs_objects(&our_source)[ALGORITHM_STORE]
         .keys()
@@ -442,23 +367,8 @@ fn build_fixture() -> Fixture {
     );
     std::fs::write(&record_path, record).unwrap();
     let our_bundle = udir.join("our-bundle.zip");
-    let our_bundle_key = original_key();
-    let built = ok(
-        "our build-algorithm-bundle",
-        &ours(
-            &[
-                "build-algorithm-bundle",
-                "--config",
-                config_arg,
-                "--output",
-                our_bundle.to_str().unwrap(),
-                "--key",
-                &our_bundle_key,
-            ],
-            &udir,
-        ),
-    );
-    assert!(built.contains("Objects bundled: 11"), "{built}");
+    let our_bundle_key = Side::Original.key();
+    Side::Ours.build(&config, &our_bundle, &our_bundle_key);
 
     Fixture {
         dir,
@@ -477,28 +387,59 @@ fn build_fixture() -> Fixture {
 // ---------------------------------------------------------------------------------------------
 // (a) The original's bundle in ours
 
+/// Inspects a bundle with both CLIs; asserts they describe it alike and returns the description.
+fn inspect_on_both(bundle: &Path, key: &str) -> Value {
+    let theirs = ok(
+        "the original's inspect",
+        &Side::Original.inspect(bundle, key),
+    );
+    let mine = ok("our inspect", &Side::Ours.inspect(bundle, key));
+    let theirs: Value = serde_json::from_str(&theirs).unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&mine).unwrap(), theirs);
+    theirs
+}
+
+/// `(algorithm_name, algorithm_id)` of each entry of a `GET /api/v0/algorithm/all` body, sorted.
+fn listed_algorithms(all: &Value) -> Vec<(String, String)> {
+    let entries = all.as_array().unwrap_or_else(|| panic!("{all}"));
+    let mut listed: Vec<(String, String)> = entries
+        .iter()
+        .map(|a| {
+            (
+                a["algorithm_name"].as_str().unwrap().to_string(),
+                a["algorithm_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    listed.sort();
+    listed
+}
+
+/// `(name, id)` of the algorithms whose record keys (`<id>~<name>~…`) are `keys`, sorted.
+fn algorithms_of_records<'a>(keys: impl Iterator<Item = &'a String>) -> Vec<(String, String)> {
+    let mut algorithms: Vec<(String, String)> = keys
+        .map(|k| {
+            let parts: Vec<&str> = k.split('~').collect();
+            (parts[1].to_string(), parts[0].to_string())
+        })
+        .collect();
+    algorithms.sort();
+    algorithms
+}
+
 #[tokio::test]
 async fn bundle_built_by_the_original_imports_into_ours_and_runs() {
     let f = fixture();
 
-    let theirs = ok(
-        "the original's inspect",
-        &original_inspect(&f.original_bundle, &f.original_bundle_key),
-    );
-    let mine = ok(
-        "our inspect",
-        &our_inspect(&f.original_bundle, &f.original_bundle_key),
-    );
-    let theirs: Value = serde_json::from_str(&theirs).unwrap();
-    assert_eq!(serde_json::from_str::<Value>(&mine).unwrap(), theirs);
-    assert_eq!(theirs["metadata"]["compox_version"], "3.2.0");
-    assert_eq!(theirs["object_count"], 11);
+    let inspected = inspect_on_both(&f.original_bundle, &f.original_bundle_key);
+    assert_eq!(inspected["metadata"]["compox_version"], "3.2.0");
+    assert_eq!(inspected["object_count"], 11);
 
     let target = tempfile::tempdir().unwrap();
-    let config = our_config(target.path());
+    let config = write_cli_config(target.path());
     let out = ok(
         "our import",
-        &our_import(&config, &f.original_bundle, &f.original_bundle_key),
+        &Side::Ours.import(&config, &f.original_bundle, &f.original_bundle_key),
     );
     assert!(out.contains("Algorithm bundle import completed."), "{out}");
     assert!(out.contains("Algorithms imported: 2"), "{out}");
@@ -541,7 +482,7 @@ async fn bundle_built_by_the_original_imports_into_ours_and_runs() {
 
     // Our server lists both with the original's ids and runs them, the checkpoint's asset in
     // place of the algorithm's own when asked for.
-    let storage_yaml = Some(fs_storage_yaml(target.path()));
+    let storage_yaml = Some(TestStore::Filesystem(target.path().join("store")).storage_yaml());
     let server = Server::start_in(
         target,
         ServerOptions {
@@ -551,27 +492,9 @@ async fn bundle_built_by_the_original_imports_into_ours_and_runs() {
     );
     let (status, all) = server.get("/api/v0/algorithm/all").await;
     assert_eq!(status, 200, "{all}");
-    let mut listed: Vec<(String, String)> = all
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a["algorithm_name"].as_str().unwrap().to_string(),
-                a["algorithm_id"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    listed.sort();
-    let mut expected: Vec<(String, String)> = bucket(&f.original_source, ALGORITHM_STORE)
-        .keys()
-        .map(|k| {
-            let parts: Vec<&str> = k.split('~').collect();
-            (parts[1].to_string(), parts[0].to_string())
-        })
-        .collect();
-    expected.sort();
-    assert_eq!(listed, expected);
+    let listed = listed_algorithms(&all);
+    let records = bucket(&f.original_source, ALGORITHM_STORE).keys();
+    assert_eq!(listed, algorithms_of_records(records));
 
     let input = server.upload(&images().join("coins.h5")).await;
     let id_of = |name: &str| {
@@ -627,25 +550,14 @@ async fn bundle_built_by_the_original_imports_into_ours_and_runs() {
 async fn bundle_built_by_ours_imports_into_the_original_and_runs_there() {
     let f = fixture();
 
-    let theirs = ok(
-        "the original's inspect",
-        &original_inspect(&f.our_bundle, &f.our_bundle_key),
-    );
-    let mine = ok(
-        "our inspect",
-        &our_inspect(&f.our_bundle, &f.our_bundle_key),
-    );
-    assert_eq!(
-        serde_json::from_str::<Value>(&theirs).unwrap(),
-        serde_json::from_str::<Value>(&mine).unwrap()
-    );
+    inspect_on_both(&f.our_bundle, &f.our_bundle_key);
 
     let target = tempfile::tempdir().unwrap();
     let moto = Moto::start();
     let config = original::write_config(target.path(), moto.port);
     let out = ok(
         "the original's import",
-        &original_import(&config, &f.our_bundle, &f.our_bundle_key),
+        &Side::Original.import(&config, &f.our_bundle, &f.our_bundle_key),
     );
     assert!(out.contains("Algorithm bundle import completed."), "{out}");
     let dump = original::s3_dump(&moto.endpoint(), &JSON_BUCKETS, target.path());
@@ -689,14 +601,14 @@ async fn bundle_built_by_ours_imports_into_the_original_and_runs_there() {
     // Our import of the same bundle writes the same bytes the original's did, the version
     // string aside.
     let ours_target = tempfile::tempdir().unwrap();
-    let our_cfg = our_config(ours_target.path());
+    let our_cfg = write_cli_config(ours_target.path());
     ok(
         "our import",
-        &our_import(&our_cfg, &f.our_bundle, &f.our_bundle_key),
+        &Side::Ours.import(&our_cfg, &f.our_bundle, &f.our_bundle_key),
     );
-    let our_import = fs_objects(&ours_target.path().join("store"));
+    let our_imported = fs_objects(&ours_target.path().join("store"));
     for collection in [ALGORITHM_STORE, CHECKPOINT_STORE] {
-        for (key, bytes) in &our_import[collection] {
+        for (key, bytes) in &our_imported[collection] {
             let ours = String::from_utf8(bytes.clone()).unwrap().replace(
                 &format!(
                     "\"source_backend_version\": \"{}\"",
@@ -712,73 +624,28 @@ async fn bundle_built_by_ours_imports_into_the_original_and_runs_there() {
     // The original's own server lists both with our ids and runs the one its environment can
     // (all_params; tv_denoiser needs scikit-image, which the original's venv lacks).
     let server = original::OriginalServer::start(&config, target.path());
-    let client = reqwest::Client::new();
-    let all: Value = client
-        .get(format!("{}/api/v0/algorithm/all", server.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let mut listed: Vec<(String, String)> = all
-        .as_array()
-        .unwrap_or_else(|| panic!("{all}\n{}", server.log_text()))
-        .iter()
-        .map(|a| {
-            (
-                a["algorithm_name"].as_str().unwrap().to_string(),
-                a["algorithm_id"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    listed.sort();
-    let mut expected: Vec<(String, String)> = source[ALGORITHM_STORE]
-        .keys()
-        .map(|k| {
-            let parts: Vec<&str> = k.split('~').collect();
-            (parts[1].to_string(), parts[0].to_string())
-        })
-        .collect();
-    expected.sort();
-    assert_eq!(listed, expected);
+    let all = server.get("/api/v0/algorithm/all").await;
+    assert!(all.is_array(), "{all}\n{}", server.log_text());
+    let listed = listed_algorithms(&all);
+    assert_eq!(
+        listed,
+        algorithms_of_records(source[ALGORITHM_STORE].keys())
+    );
 
-    let upload: Value = client
-        .post(format!("{}/api/v0/files", server.base))
-        .body(std::fs::read(images().join("coins.h5")).unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let upload = server.upload(&images().join("coins.h5")).await;
     let all_params = &listed.iter().find(|(n, _)| n == "all_params").unwrap().1;
-    let started: Value = client
-        .post(format!("{}/api/v0/execute-algorithm", server.base))
-        .json(&json!({
-            "algorithm_id": all_params,
-            "input_dataset_ids": [upload["file_id"]],
-            "additional_parameters": {},
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = json!({
+        "algorithm_id": all_params,
+        "input_dataset_ids": [upload["file_id"]],
+        "additional_parameters": {},
+    });
+    let started = server.post_json("/api/v0/execute-algorithm", &body).await;
     let execution = started["execution_id"]
         .as_str()
         .unwrap_or_else(|| panic!("{started}\n{}", server.log_text()));
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let record = loop {
-        let record: Value = client
-            .get(format!("{}/api/v0/executions/{execution}", server.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let record = server.get(&format!("/api/v0/executions/{execution}")).await;
         if ["COMPLETED", "FAILED", "STOPPED"].contains(&record["status"].as_str().unwrap_or("")) {
             break record;
         }
@@ -823,7 +690,7 @@ fn keys_generated_by_either_side_open_bundles_of_the_other() {
         let standard = key.replace('-', "+").replace('_', "/") + "=";
         for k in [key.as_str(), standard.as_str()] {
             assert_eq!(original::open_bundle_code(bundle, k), "ok", "{k}");
-            ok("our inspect", &our_inspect(bundle, k));
+            ok("our inspect", &Side::Ours.inspect(bundle, k));
         }
     }
 }
@@ -844,20 +711,20 @@ fn our_error_code(o: &Output) -> String {
 fn a_wrong_key_fails_with_the_same_error_on_both() {
     let f = fixture();
     let wrong_keys = [
-        (our_key(), "invalid_bundle_signature"),
+        (Side::Ours.key(), "invalid_bundle_signature"),
         ("c2hvcnQ".to_string(), "invalid_bundle_key"),
     ];
     for bundle in [&f.original_bundle, &f.our_bundle] {
         for (key, code) in &wrong_keys {
             assert_eq!(&original::open_bundle_code(bundle, key), code, "{key}");
-            let theirs = original_inspect(bundle, key);
+            let theirs = Side::Original.inspect(bundle, key);
             assert!(!theirs.status.success());
             assert!(
                 stderr(&theirs).contains("CompoxBundleError"),
                 "{}",
                 stderr(&theirs)
             );
-            let mine = our_inspect(bundle, key);
+            let mine = Side::Ours.inspect(bundle, key);
             assert_eq!(mine.status.code(), Some(1));
             assert_eq!(&our_error_code(&mine), code, "{key}");
         }
@@ -869,15 +736,15 @@ fn a_wrong_key_fails_with_the_same_error_on_both() {
     let moto = Moto::start();
     let theirs_dir = tempfile::tempdir().unwrap();
     let config = original::write_config(theirs_dir.path(), moto.port);
-    let theirs = original_import(&config, &f.our_bundle, key);
+    let theirs = Side::Original.import(&config, &f.our_bundle, key);
     assert!(!theirs.status.success());
     let dump = original::s3_dump(&moto.endpoint(), &JSON_BUCKETS, theirs_dir.path());
     let theirs_state = text_json(&bucket(&dump, "system-store")["migration-state"]);
     drop(moto);
 
     let ours_dir = tempfile::tempdir().unwrap();
-    let config = our_config(ours_dir.path());
-    let mine = our_import(&config, &f.original_bundle, key);
+    let config = write_cli_config(ours_dir.path());
+    let mine = Side::Ours.import(&config, &f.original_bundle, key);
     assert_eq!(mine.status.code(), Some(1), "{}", stderr(&mine));
     let text = std::fs::read_to_string(ours_dir.path().join("store/system-store/migration-state"))
         .unwrap();
@@ -981,16 +848,16 @@ fn merging_into_existing_algorithms_gives_what_the_original_gives() {
     let theirs_dir = tempfile::tempdir().unwrap();
     let config = original::write_config(theirs_dir.path(), moto.port);
     let ours_dir = tempfile::tempdir().unwrap();
-    let our_cfg = our_config(ours_dir.path());
+    let our_cfg = write_cli_config(ours_dir.path());
     for (bundle, key) in [
         (&f.our_bundle, &f.our_bundle_key),
         (&f.original_bundle, &f.original_bundle_key),
     ] {
         ok(
             "the original's import",
-            &original_import(&config, bundle, key),
+            &Side::Original.import(&config, bundle, key),
         );
-        ok("our import", &our_import(&our_cfg, bundle, key));
+        ok("our import", &Side::Ours.import(&our_cfg, bundle, key));
     }
     let dump = original::s3_dump(&moto.endpoint(), &JSON_BUCKETS, theirs_dir.path());
     drop(moto);
@@ -1070,23 +937,18 @@ fn original_bundles_past_the_zip64_limits_import_into_ours() {
     let f = fixture();
     let bundle = &f.original_zip64_bundle;
     let key = &f.original_bundle_key;
-    let theirs = ok("the original's inspect", &original_inspect(bundle, key));
-    let mine = ok("our inspect", &our_inspect(bundle, key));
-    assert_eq!(
-        serde_json::from_str::<Value>(&mine).unwrap(),
-        serde_json::from_str::<Value>(&theirs).unwrap()
-    );
+    inspect_on_both(bundle, key);
 
     let zip64 = tempfile::tempdir().unwrap();
     let out = ok(
         "our import",
-        &our_import(&our_config(zip64.path()), bundle, key),
+        &Side::Ours.import(&write_cli_config(zip64.path()), bundle, key),
     );
     assert!(out.contains("Algorithms imported: 2"), "{out}");
     let plain = tempfile::tempdir().unwrap();
     ok(
         "our import",
-        &our_import(&our_config(plain.path()), &f.original_bundle, key),
+        &Side::Ours.import(&write_cli_config(plain.path()), &f.original_bundle, key),
     );
     let digest = |dir: &Path| {
         fs_objects(&dir.join("store"))

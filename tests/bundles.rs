@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{algorithms_dir, venv, Server, ServerOptions, EXE};
+use common::{algorithms_dir, compox_cli, write_cli_config, Server, ServerOptions, EXE};
 use compox::bundle::manifest::sign;
 use compox::bundle::{BundleKey, KeyUse};
 use serde_json::Value;
@@ -13,29 +13,6 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-/// A config for a store in `dir` (the same shape the harness writes).
-fn write_config(dir: &Path) -> PathBuf {
-    let path = dir.join("compox.yaml");
-    let yaml = format!(
-        "port: {port}\nlog_path: {log}\nstorage:\n  backend_settings:\n    provider: filesystem\n    storage_path: {store}\ninference:\n  device: cpu\n  python_env: {venv}\n",
-        port = common::free_port(),
-        log = dir.join("logs/compox.log").display(),
-        store = dir.join("store").display(),
-        venv = venv().display(),
-    );
-    std::fs::write(&path, yaml).unwrap();
-    path
-}
-
-fn compox(args: &[&str], cwd: &Path) -> Output {
-    Command::new(EXE)
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("VIRTUAL_ENV")
-        .output()
-        .unwrap()
-}
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -110,7 +87,7 @@ fn build(dir: &Path, key: Option<&str>) -> (PathBuf, String) {
     if let Some(k) = key {
         args.extend(["--key", k]);
     }
-    let o = compox(&args, dir);
+    let o = compox_cli(&args, dir);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     let text = stdout(&o);
     assert!(
@@ -130,7 +107,7 @@ fn build(dir: &Path, key: Option<&str>) -> (PathBuf, String) {
 }
 
 fn import(config: &Path, bundle: &Path, key: &str) -> Output {
-    compox(
+    compox_cli(
         &[
             "import-algorithm-bundle",
             "--config",
@@ -145,7 +122,7 @@ fn import(config: &Path, bundle: &Path, key: &str) -> Output {
 }
 
 fn inspect(bundle: &Path, key: &str) -> Output {
-    compox(
+    compox_cli(
         &[
             "inspect-algorithm-bundle",
             "--bundle-path",
@@ -191,7 +168,7 @@ async fn build_inspect_import_round_trip_and_reimport() {
     assert_eq!(v["metadata"]["content_sha256"].as_str().unwrap().len(), 64);
 
     let dst = tempfile::tempdir().unwrap();
-    let config = write_config(dst.path());
+    let config = write_cli_config(dst.path());
     let o = import(&config, &bundle, &key);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(
@@ -432,7 +409,7 @@ async fn startup_import_runs_once_and_a_bad_bundle_stops_the_server() {
 
     // A wrong key: start-up stops with a clear message and a non-zero exit, before any worker.
     let empty = tempfile::tempdir().unwrap();
-    let config = write_config(empty.path());
+    let config = write_cli_config(empty.path());
     let mut child = Command::new(EXE)
         .args(["run", "--config", config.to_str().unwrap()])
         .envs(env(&BundleKey::generate().to_text()))
@@ -557,7 +534,7 @@ async fn bad_bundles_are_refused_and_change_nothing() {
     let store = dir.path().join("store");
     // An empty store too: there every object must come from the bundle.
     let empty = tempfile::tempdir().unwrap();
-    let empty_config = write_config(empty.path());
+    let empty_config = write_cli_config(empty.path());
 
     let mut cases: Vec<(String, PathBuf, String, &str)> = Vec::new();
     cases.push((

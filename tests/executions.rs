@@ -1263,12 +1263,7 @@ async fn unwritable_record_store_gives_emergency_record() {
         keys(&gold),
         "emergency fields are not returned: {rec}"
     );
-    let file = server
-        .dir
-        .path()
-        .join("logs/compox_emergency_records/execution-store")
-        .join(format!("compox_emergency_{id}.json"));
-    let stored: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let stored = common::emergency_record(&server, &id);
     assert_eq!(stored["status"], "FAILED");
     assert!(
         stored["_emergency_storage_error_code"].is_string(),
@@ -1389,12 +1384,7 @@ async fn refused_final_write_leaves_failed_emergency_record() {
     assert!(log_of(&rec).contains("sleeper: done."), "{rec}");
     let (_, gold) = golden("execution_get_final_dummy");
     assert_eq!(keys(&rec), keys(&gold), "{rec}");
-    let file = server
-        .dir
-        .path()
-        .join("logs/compox_emergency_records/execution-store")
-        .join(format!("compox_emergency_{id}.json"));
-    let emergency: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let emergency = common::emergency_record(&server, &id);
     assert_eq!(emergency["status"], "FAILED", "{emergency}");
     assert!(
         emergency["_emergency_storage_error_code"].is_string(),
@@ -1500,7 +1490,11 @@ async fn malformed_json_bodies_are_described_as_python_describes_them() {
             .send()
     };
     let cases: &[(&[u8], usize, &str)] = &[
-        (b"{\"a\": 1,}", 8, "Expecting property name enclosed in double quotes"),
+        (
+            b"{\"a\": 1,}",
+            8,
+            "Expecting property name enclosed in double quotes",
+        ),
         (b"{\"a\": \"x", 6, "Unterminated string starting at"),
         (b"{\"a\": \"\\q\"}", 7, "Invalid \\escape"),
         (b"nul", 0, "Expecting value"),
@@ -1513,7 +1507,11 @@ async fn malformed_json_bodies_are_described_as_python_describes_them() {
         let v: Value = r.json().await.unwrap();
         let text = String::from_utf8_lossy(body);
         assert_eq!(v["detail"][0]["type"], "json_invalid", "{text}: {v}");
-        assert_eq!(v["detail"][0]["loc"], json!(["body", offset]), "{text}: {v}");
+        assert_eq!(
+            v["detail"][0]["loc"],
+            json!(["body", offset]),
+            "{text}: {v}"
+        );
         assert_eq!(v["detail"][0]["ctx"]["error"], *message, "{text}: {v}");
     }
 

@@ -314,10 +314,7 @@ async fn routing_errors_have_the_framework_shapes() {
         405,
         "HEAD is not served for GET routes"
     );
-    let no_redirect = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let no_redirect = no_redirect_client();
     let r = no_redirect
         .post(s.url("/api/v0/files/?x=1"))
         .send()
@@ -338,14 +335,36 @@ async fn routing_errors_have_the_framework_shapes() {
     assert!(docs.contains("/openapi.json"));
 }
 
-#[tokio::test]
-async fn cors_follows_the_middleware_settings() {
+/// A client that hands back redirects instead of following them.
+fn no_redirect_client() -> reqwest::Client {
+    let builder = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+    builder.build().unwrap()
+}
+
+/// A server whose CORS layer allows `http://viewer.local` to GET and POST and exposes `x-a`.
+fn cors_server() -> Server {
     let yaml = "middleware:\n  allow_origins: ['http://viewer.local']\n  allow_methods: ['GET', 'POST']\n  expose_headers: ['x-a']\n".to_string();
-    let s = Server::start_with(ServerOptions {
+    Server::start_with(ServerOptions {
         yaml,
         wait_ready: false,
         ..Default::default()
-    });
+    })
+}
+
+/// `GET /` with an `Origin` header.
+async fn get_root_from(s: &Server, origin: &str) -> reqwest::Response {
+    let r = s
+        .client
+        .get(s.url("/"))
+        .header("origin", origin)
+        .send()
+        .await;
+    r.unwrap()
+}
+
+#[tokio::test]
+async fn cors_follows_the_middleware_settings() {
+    let s = cors_server();
     let pre = |origin: &'static str, method: &'static str| {
         s.client
             .request(reqwest::Method::OPTIONS, s.url("/api/v0/files"))
@@ -364,25 +383,13 @@ async fn cors_follows_the_middleware_settings() {
     let r = pre("http://evil.local", "DELETE").await.unwrap();
     assert_eq!(r.status().as_u16(), 400);
     assert_eq!(r.text().await.unwrap(), "Disallowed CORS origin, method");
-    let r = s
-        .client
-        .get(s.url("/"))
-        .header("origin", "http://viewer.local")
-        .send()
-        .await
-        .unwrap();
+    let r = get_root_from(&s, "http://viewer.local").await;
     assert_eq!(
         r.headers()["access-control-allow-origin"],
         "http://viewer.local"
     );
     assert_eq!(r.headers()["access-control-expose-headers"], "x-a");
-    let r = s
-        .client
-        .get(s.url("/"))
-        .header("origin", "http://evil.local")
-        .send()
-        .await
-        .unwrap();
+    let r = get_root_from(&s, "http://evil.local").await;
     assert!(r.headers().get("access-control-allow-origin").is_none());
 }
 
@@ -556,12 +563,7 @@ async fn hdf5_files_with_a_user_block_are_accepted() {
 /// and sends the exposed headers on every response to a request with `Origin`.
 #[tokio::test]
 async fn cors_headers_match_the_original_for_preflights_and_foreign_origins() {
-    let yaml = "middleware:\n  allow_origins: ['http://viewer.local']\n  allow_methods: ['GET', 'POST']\n  expose_headers: ['x-a']\n".to_string();
-    let s = Server::start_with(ServerOptions {
-        yaml,
-        wait_ready: false,
-        ..Default::default()
-    });
+    let s = cors_server();
     let preflight = |origin: &'static str| {
         s.client
             .request(reqwest::Method::OPTIONS, s.url("/api/v0/files"))
@@ -582,13 +584,7 @@ async fn cors_headers_match_the_original_for_preflights_and_foreign_origins() {
     assert_eq!(r.status().as_u16(), 400);
     assert_eq!(r.text().await.unwrap(), "Disallowed CORS private-network");
 
-    let r = s
-        .client
-        .get(s.url("/"))
-        .header("origin", "http://evil.local")
-        .send()
-        .await
-        .unwrap();
+    let r = get_root_from(&s, "http://evil.local").await;
     assert!(r.headers().get("access-control-allow-origin").is_none());
     assert_eq!(r.headers()["access-control-expose-headers"], "x-a");
     assert_eq!(r.headers()["vary"], "Origin");
@@ -605,10 +601,7 @@ async fn trailing_slash_redirects_drop_every_slash_but_never_lead_to_the_root() 
         wait_ready: false,
         ..Default::default()
     });
-    let no_redirect = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let no_redirect = no_redirect_client();
     let r = no_redirect
         .post(s.url("/api/v0/files//"))
         .send()

@@ -5,7 +5,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{Moto, Server, ServerOptions, S3_ACCESS_KEY, S3_SECRET_KEY};
+use common::{pseudo_random_bytes, Moto, Server, ServerOptions, S3_ACCESS_KEY, S3_SECRET_KEY};
 use compox::storage::s3::{S3Backend, S3Config, PART_SIZE};
 use compox::storage::{Backend, ExpiryRules, StorageError, COLLECTIONS, DATA_STORE};
 use futures_util::StreamExt;
@@ -47,17 +47,19 @@ fn raw_client(moto: &Moto) -> aws_sdk_s3::Client {
     common::s3_client(&moto.endpoint())
 }
 
-/// Deterministic bytes that are not a repeating pattern at part boundaries.
-fn payload(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+/// How many objects moto lists in `bucket`.
+async fn object_count(client: &aws_sdk_s3::Client, bucket: &str) -> Option<i32> {
+    let listed = client.list_objects_v2().bucket(bucket).send().await;
+    listed
+        .unwrap_or_else(|e| panic!("list {bucket}: {e:?}"))
+        .key_count()
+}
+
+/// Asserts that no multipart upload is left open in `bucket`.
+async fn assert_no_open_uploads(client: &aws_sdk_s3::Client, bucket: &str) {
+    let listed = client.list_multipart_uploads().bucket(bucket).send().await;
+    let listed = listed.unwrap_or_else(|e| panic!("list multipart uploads of {bucket}: {e:?}"));
+    assert!(listed.uploads().is_empty(), "{:?}", listed.uploads());
 }
 
 /// A stream of `data` in uneven chunks, so part boundaries fall inside chunks.
@@ -169,13 +171,7 @@ async fn file_routes_round_trip_tag_and_delete_on_s3() {
     assert_eq!(tags, vec![("training_ref", "0")]);
 
     // Not HDF5: refused, and nothing stored.
-    let before = client
-        .list_objects_v2()
-        .bucket("data-store")
-        .send()
-        .await
-        .unwrap()
-        .key_count();
+    let before = object_count(&client, "data-store").await;
     let r = server
         .client
         .post(server.url("/api/v0/files"))
@@ -184,13 +180,7 @@ async fn file_routes_round_trip_tag_and_delete_on_s3() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 422, "not HDF5");
-    let after = client
-        .list_objects_v2()
-        .bucket("data-store")
-        .send()
-        .await
-        .unwrap()
-        .key_count();
+    let after = object_count(&client, "data-store").await;
     assert_eq!(before, after);
 
     let (status, _) = server.delete(&format!("/api/v0/files/{id}")).await;
@@ -240,7 +230,7 @@ async fn presigned_urls_upload_and_download_with_plain_http() {
     let url = v["url"].as_str().unwrap().to_string();
     assert!(url.contains("/p-data-store/my-object"), "{url}");
     assert!(url.contains("X-Amz-Expires=3600"), "{url}");
-    let body = payload(100_000);
+    let body = pseudo_random_bytes(100_000);
     let plain = reqwest::Client::new();
     let r = plain.put(&url).body(body.clone()).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200, "{:?}", r.text().await);
@@ -374,7 +364,7 @@ async fn multipart_stream_round_trip_and_abort_on_body_error() {
     b.ensure_collections(&["asset-store", DATA_STORE])
         .await
         .unwrap();
-    let data = payload(2 * PART_SIZE + 777_777);
+    let data = pseudo_random_bytes(2 * PART_SIZE + 777_777);
     let written = b
         .put_stream("asset-store", "big", chunked(data.clone(), 1_000_003))
         .await
@@ -388,7 +378,7 @@ async fn multipart_stream_round_trip_and_abort_on_body_error() {
     }
     assert!(got == data, "streamed download differs");
     // Exactly one part: still multipart from 8 MiB on.
-    let exact = payload(PART_SIZE);
+    let exact = pseudo_random_bytes(PART_SIZE);
     b.put_stream(DATA_STORE, "exact", chunked(exact.clone(), 65_536))
         .await
         .unwrap();
@@ -399,7 +389,7 @@ async fn multipart_stream_round_trip_and_abort_on_body_error() {
     );
 
     // A body that fails after two parts: nothing stored, the multipart upload aborted.
-    let good = Bytes::from(payload(2 * PART_SIZE + 10));
+    let good = Bytes::from(pseudo_random_bytes(2 * PART_SIZE + 10));
     let failing = futures_util::stream::iter(vec![
         Ok(good),
         Err(std::io::Error::new(
@@ -414,13 +404,7 @@ async fn multipart_stream_round_trip_and_abort_on_body_error() {
         .unwrap_err();
     assert!(matches!(err, StorageError::Aborted(_)), "{err:?}");
     assert!(!b.exists("asset-store", "broken").await.unwrap());
-    let uploads = raw_client(&moto)
-        .list_multipart_uploads()
-        .bucket("mp-asset-store")
-        .send()
-        .await
-        .unwrap();
-    assert!(uploads.uploads().is_empty(), "{:?}", uploads.uploads());
+    assert_no_open_uploads(&raw_client(&moto), "mp-asset-store").await;
 }
 
 #[tokio::test]
@@ -477,13 +461,8 @@ async fn deploy_upload_execute_download_on_s3() {
             .await
             .unwrap_or_else(|e| panic!("{bucket}/{key}: {e:?}"));
     }
-    let modules = client
-        .list_objects_v2()
-        .bucket("flow-module-store")
-        .send()
-        .await
-        .unwrap();
-    assert!(modules.key_count().unwrap_or(0) >= 1);
+    let modules = object_count(&client, "flow-module-store").await;
+    assert!(modules.unwrap_or(0) >= 1);
 }
 
 // ---- MinIO supervisor (`provider: minio`, `start_instance: true`) with tests/fixtures/fake_minio.py
@@ -603,45 +582,60 @@ async fn supervisor_starts_minio_restarts_it_and_stops_it_with_the_server() {
     );
 }
 
-#[tokio::test]
-async fn missing_minio_binary_stops_startup_with_a_clear_error() {
+/// A `run` whose supervised MinIO binary is missing, with the download pointed at `mirror`.
+struct MissingMinio {
+    dir: tempfile::TempDir,
+    missing: std::path::PathBuf,
+    port: u16,
+    status: Option<i32>,
+    stderr: String,
+}
+
+fn run_without_minio_binary(mirror: &str) -> MissingMinio {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("bin/minio");
     let config = dir.path().join("compox.yaml");
     let port = common::free_port();
-    std::fs::write(
-        &config,
-        format!(
-            "port: {port}\n{}",
-            supervised_yaml(&missing, &dir.path().join("minio"), "")
-        ),
-    )
-    .unwrap();
+    let yaml = supervised_yaml(&missing, &dir.path().join("minio"), "");
+    std::fs::write(&config, format!("port: {port}\n{yaml}")).unwrap();
     let out = std::process::Command::new(common::EXE)
         .args(["run", "--config"])
         .arg(&config)
         .current_dir(dir.path())
-        // No network here: the download's mirror is a port nobody listens on.
-        .env(
-            "COMPOX_MINIO_DOWNLOAD_BASE",
-            format!("http://127.0.0.1:{}", common::free_port()),
-        )
+        .env("COMPOX_MINIO_DOWNLOAD_BASE", mirror)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let result = MissingMinio {
+        dir,
+        missing,
+        port,
+        status: out.status.code(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    // It never listened, and left nothing that could pass for the binary next time.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", result.port)).is_err());
+    assert!(!result.missing.exists(), "{}", result.stderr);
+    result
+}
+
+#[tokio::test]
+async fn missing_minio_binary_stops_startup_with_a_clear_error() {
+    // No network here: the download's mirror is a port nobody listens on.
+    let r = run_without_minio_binary(&format!("http://127.0.0.1:{}", common::free_port()));
+    let stderr = &r.stderr;
+    assert_eq!(r.status, Some(1), "{stderr}");
     assert!(
-        stderr.contains(&format!("MinIO binary not found at {}", missing.display())),
+        stderr.contains(&format!(
+            "MinIO binary not found at {}",
+            r.missing.display()
+        )),
         "{stderr}"
     );
     assert!(
         stderr.contains("downloading it from http://127.0.0.1:"),
         "{stderr}"
     );
-    assert!(!missing.exists());
     assert!(stderr.contains("executable_path"), "{stderr}");
-    // It never listened.
-    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
 
 #[tokio::test]
@@ -710,45 +704,22 @@ fn serve_file(body: Vec<u8>) -> u16 {
 /// whatever it received).
 #[tokio::test]
 async fn a_downloaded_minio_with_the_wrong_checksum_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("bin/minio");
-    let config = dir.path().join("compox.yaml");
-    let port = common::free_port();
-    std::fs::write(
-        &config,
-        format!(
-            "port: {port}\n{}",
-            supervised_yaml(&missing, &dir.path().join("minio"), "")
-        ),
-    )
-    .unwrap();
     let mirror = serve_file(b"#!/bin/sh\necho not minio\n".to_vec());
-    let out = std::process::Command::new(common::EXE)
-        .args(["run", "--config"])
-        .arg(&config)
-        .current_dir(dir.path())
-        .env(
-            "COMPOX_MINIO_DOWNLOAD_BASE",
-            format!("http://127.0.0.1:{mirror}/mirror"),
-        )
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let r = run_without_minio_binary(&format!("http://127.0.0.1:{mirror}/mirror"));
+    let stderr = &r.stderr;
+    assert_eq!(r.status, Some(1), "{stderr}");
     assert!(stderr.contains("Downloading MinIO binary into"), "{stderr}");
     assert!(
         stderr.contains("/mirror/minio.") && stderr.contains(".RELEASE.2025-09-07T16-13-09Z"),
         "the pinned file name under the mirror: {stderr}"
     );
     assert!(stderr.contains("SHA-256 mismatch"), "{stderr}");
-    assert!(!missing.exists(), "a refused download is not kept");
-    let leftovers: Vec<_> = std::fs::read_dir(missing.parent().unwrap())
+    let leftovers: Vec<_> = std::fs::read_dir(r.missing.parent().unwrap())
         .map(|d| d.map(|e| e.unwrap().file_name()).collect())
         .unwrap_or_default();
     assert!(leftovers.is_empty(), "staging files left: {leftovers:?}");
-    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
     assert!(
-        !dir.path().join("minio/launches.jsonl").exists(),
+        !r.dir.path().join("minio/launches.jsonl").exists(),
         "nothing was launched"
     );
 }
@@ -1322,26 +1293,14 @@ async fn multipart_step_refused_with_a_retry_code_is_retried_up_to_eight_attempt
         server.log_text()
     );
     let client = raw_client(&moto);
-    let uploads = client
-        .list_multipart_uploads()
-        .bucket("data-store")
-        .send()
-        .await
-        .unwrap();
-    assert!(uploads.uploads().is_empty(), "{:?}", uploads.uploads());
+    assert_no_open_uploads(&client, "data-store").await;
 
     // A code outside the list fails at once.
     proxy.fail(is_part_2, usize::MAX, 400, "InvalidArgument");
     let (status, code, _) = upload_error(&server, bytes.clone()).await;
     assert_eq!(proxy.take_fault_hits(), vec![1]);
     assert_eq!((status, code.as_str()), (500, "file_upload_failed"));
-    let stored = client
-        .list_objects_v2()
-        .bucket("data-store")
-        .send()
-        .await
-        .unwrap()
-        .key_count();
+    let stored = object_count(&client, "data-store").await;
     assert_eq!(stored, Some(1), "only the successful upload");
 
     // InternalError is retried by the SDK inside each of the 8 attempts; in the end it is
@@ -1463,12 +1422,8 @@ async fn storage_outage_at_the_final_record_write_leaves_an_emergency_record() {
     assert!(rec.get("_emergency_storage_error").is_none(), "{rec}");
 
     // The side store holds it, with the storage error of the refused write.
-    let file = server
-        .dir
-        .path()
-        .join("logs/compox_emergency_records/execution-store")
-        .join(format!("compox_emergency_{id}.json"));
-    let stored: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let file = common::emergency_record_path(&server, &id);
+    let stored = common::emergency_record(&server, &id);
     assert_eq!(stored["status"], "FAILED");
     assert_eq!(
         stored["_emergency_storage_error_code"],
@@ -1573,52 +1528,47 @@ async fn exercise_server_and_worker(server: &Server) {
     assert_eq!(server.download(&file_id).await, coins);
 }
 
-#[tokio::test]
-async fn aws_provider_without_settings_credentials_uses_the_environment() {
+/// Starts a server on the default AWS chain, in an environment isolated in `home` plus `extra`,
+/// exercises it, and returns the access keys its requests (server's and worker's) were signed with.
+async fn default_chain_access_keys(
+    home: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> BTreeSet<String> {
     let moto = Moto::start();
     let proxy = FaultProxy::start(&moto);
-    let home = tempfile::tempdir().unwrap();
     let server = Server::start_with(ServerOptions {
         storage_yaml: Some(default_chain_yaml(proxy.port)),
-        env: with_env(
-            isolated_aws_env(home.path()),
-            &[
-                ("AWS_ACCESS_KEY_ID", "compox-env-key"),
-                ("AWS_SECRET_ACCESS_KEY", "compox-env-secret"),
-            ],
-        ),
+        env: with_env(isolated_aws_env(home), extra),
         ..Default::default()
     });
     exercise_server_and_worker(&server).await;
-    assert_eq!(
-        proxy.access_keys(),
-        BTreeSet::from(["compox-env-key".to_string()])
-    );
+    proxy.access_keys()
+}
+
+#[tokio::test]
+async fn aws_provider_without_settings_credentials_uses_the_environment() {
+    let home = tempfile::tempdir().unwrap();
+    let keys = default_chain_access_keys(
+        home.path(),
+        &[
+            ("AWS_ACCESS_KEY_ID", "compox-env-key"),
+            ("AWS_SECRET_ACCESS_KEY", "compox-env-secret"),
+        ],
+    )
+    .await;
+    assert_eq!(keys, BTreeSet::from(["compox-env-key".to_string()]));
 }
 
 #[tokio::test]
 async fn aws_provider_without_settings_credentials_uses_the_shared_credentials_profile() {
-    let moto = Moto::start();
-    let proxy = FaultProxy::start(&moto);
     let home = tempfile::tempdir().unwrap();
     std::fs::write(
         home.path().join("credentials"),
         "[default]\naws_access_key_id = compox-default-profile-key\naws_secret_access_key = s1\n\n[compox-test]\naws_access_key_id = compox-profile-key\naws_secret_access_key = s2\n",
     )
     .unwrap();
-    let server = Server::start_with(ServerOptions {
-        storage_yaml: Some(default_chain_yaml(proxy.port)),
-        env: with_env(
-            isolated_aws_env(home.path()),
-            &[("AWS_PROFILE", "compox-test")],
-        ),
-        ..Default::default()
-    });
-    exercise_server_and_worker(&server).await;
-    assert_eq!(
-        proxy.access_keys(),
-        BTreeSet::from(["compox-profile-key".to_string()])
-    );
+    let keys = default_chain_access_keys(home.path(), &[("AWS_PROFILE", "compox-test")]).await;
+    assert_eq!(keys, BTreeSet::from(["compox-profile-key".to_string()]));
 }
 
 #[tokio::test]

@@ -154,19 +154,10 @@ impl Scanner<'_> {
             if self.at(end) != Some(':') {
                 return Err((end, "Expecting ':' delimiter").into());
             }
-            end = self.skip_ws(end + 1);
-            end = match self.value(end) {
-                Ok(e) => e,
-                Err(ValueError::NoValue(at)) => return Err((at, "Expecting value").into()),
-                Err(failed) => return Err(failed),
+            end = match self.member(self.skip_ws(end + 1), '}')? {
+                Next::Closed(e) => return Ok(e),
+                Next::Member(e) => e,
             };
-            end = self.skip_ws(end);
-            match self.at(end) {
-                Some('}') => return Ok(end + 1),
-                Some(',') => {}
-                _ => return Err((end, "Expecting ',' delimiter").into()),
-            }
-            end = self.skip_ws(end + 1);
             if self.at(end) != Some('"') {
                 return Err((end, NAME).into());
             }
@@ -180,20 +171,35 @@ impl Scanner<'_> {
             return Ok(end + 1);
         }
         loop {
-            end = match self.value(end) {
-                Ok(e) => e,
-                Err(ValueError::NoValue(at)) => return Err((at, "Expecting value").into()),
-                Err(failed) => return Err(failed),
+            end = match self.member(end, ']')? {
+                Next::Closed(e) => return Ok(e),
+                Next::Member(e) => e,
             };
-            end = self.skip_ws(end);
-            match self.at(end) {
-                Some(']') => return Ok(end + 1),
-                Some(',') => {}
-                _ => return Err((end, "Expecting ',' delimiter").into()),
-            }
-            end = self.skip_ws(end + 1);
         }
     }
+
+    /// The value at `i` of an object or array that `close` ends, and the delimiter after it.
+    fn member(&self, i: usize, close: char) -> Result<Next, ValueError> {
+        let end = match self.value(i) {
+            Ok(e) => e,
+            Err(ValueError::NoValue(at)) => return Err((at, "Expecting value").into()),
+            Err(failed) => return Err(failed),
+        };
+        let end = self.skip_ws(end);
+        match self.at(end) {
+            Some(c) if c == close => Ok(Next::Closed(end + 1)),
+            Some(',') => Ok(Next::Member(self.skip_ws(end + 1))),
+            _ => Err((end, "Expecting ',' delimiter").into()),
+        }
+    }
+}
+
+/// What follows a member of an object or array.
+enum Next {
+    /// The closing bracket; the container ends before this index.
+    Closed(usize),
+    /// A `,`; the next member starts at this index.
+    Member(usize),
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -232,6 +233,11 @@ impl Server {
 
     pub fn store_delete(&self, collection: &str, key: &str) {
         self.test_store().delete(collection, key)
+    }
+
+    /// An object's tags (`training_ref` of `data-store` files).
+    pub fn store_tags(&self, collection: &str, key: &str) -> BTreeMap<String, String> {
+        self.test_store().tags(collection, key)
     }
 
     /// Writes begun and never finished (see [`TestStore::unfinished_writes`]).
@@ -885,6 +891,43 @@ impl TestStore {
         }
     }
 
+    /// An object's tags: the filesystem store's `.tags` file, or the S3 object tagging.
+    pub fn tags(&self, collection: &str, key: &str) -> BTreeMap<String, String> {
+        match self {
+            TestStore::Filesystem(root) => {
+                let path = root
+                    .join(collection)
+                    .join(".tags")
+                    .join(compox::storage::filesystem::encode_key(key));
+                std::fs::read(path)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default()
+            }
+            TestStore::S3 { client, .. } => {
+                let (client, bucket, key) =
+                    (client.clone(), self.bucket(collection), key.to_string());
+                s3_blocking(async move {
+                    let r = client
+                        .get_object_tagging()
+                        .bucket(&bucket)
+                        .key(&key)
+                        .send()
+                        .await;
+                    match r {
+                        Ok(out) => out
+                            .tag_set()
+                            .iter()
+                            .map(|t| (t.key().to_string(), t.value().to_string()))
+                            .collect(),
+                        Err(e) if s3_missing(&e) => BTreeMap::new(),
+                        Err(e) => panic!("get tags {bucket}/{key}: {e:?}"),
+                    }
+                })
+            }
+        }
+    }
+
     /// S3 only: deletes a collection's bucket with everything in it, so that every later write
     /// to it fails (`NoSuchBucket`). Objects a running server writes meanwhile are deleted too.
     pub fn delete_s3_bucket(&self, collection: &str) {
@@ -962,4 +1005,62 @@ fn s3_blocking<T: Send + 'static>(fut: impl std::future::Future<Output = T> + Se
         let _ = tx.send(fut.await);
     });
     rx.recv().expect("an S3 inspection request panicked")
+}
+
+// ---- Shared by several suites: CLI runs, emergency records, test bytes ------------------------
+
+/// Runs our `compox` binary with `args` in `cwd`, outside any virtual environment, to the end.
+pub fn compox_cli(args: &[&str], cwd: &Path) -> std::process::Output {
+    Command::new(EXE)
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("VIRTUAL_ENV")
+        .output()
+        .unwrap()
+}
+
+/// Writes `dir/compox.yaml`, a CLI config for the filesystem store in `dir/store` with its logs
+/// in `dir/logs` (the shape the harness writes for servers); returns its path.
+pub fn write_cli_config(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("compox.yaml");
+    let yaml = format!(
+        "port: {port}\nlog_path: {log}\n{storage}inference:\n  device: cpu\n  python_env: {venv}\n",
+        port = free_port(),
+        log = dir.join("logs/compox.log").display(),
+        storage = TestStore::Filesystem(dir.join("store")).storage_yaml(),
+        venv = venv().display(),
+    );
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// Where the server keeps the emergency record of execution `execution_id` (the side store under
+/// its log folder, written when the record store refuses the record).
+pub fn emergency_record_path(server: &Server, execution_id: &str) -> PathBuf {
+    server
+        .dir
+        .path()
+        .join("logs/compox_emergency_records/execution-store")
+        .join(format!("compox_emergency_{execution_id}.json"))
+}
+
+/// The emergency record of execution `execution_id`; fails the test when there is none.
+pub fn emergency_record(server: &Server, execution_id: &str) -> Value {
+    let path = emergency_record_path(server, execution_id);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// `len` deterministic bytes (xorshift) that do not repeat at chunk or part boundaries.
+pub fn pseudo_random_bytes(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
 }

@@ -215,6 +215,7 @@ pub struct OriginalServer {
     pub child: Child,
     pub base: String,
     pub log: PathBuf,
+    pub client: reqwest::Client,
 }
 
 impl OriginalServer {
@@ -239,6 +240,7 @@ impl OriginalServer {
             child,
             base: format!("http://127.0.0.1:{}", config_port(config)),
             log,
+            client: reqwest::Client::new(),
         };
         wait_http_ok(&format!("{}/", server.base), Duration::from_secs(120));
         server
@@ -247,6 +249,26 @@ impl OriginalServer {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The JSON body of `GET path`.
+    pub async fn get(&self, path: &str) -> Value {
+        json_of(self.client.get(format!("{}{path}", self.base))).await
+    }
+
+    /// The JSON body of `POST path` with a JSON `body`.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Value {
+        json_of(self.client.post(format!("{}{path}", self.base)).json(body)).await
+    }
+
+    /// The JSON body of `POST /api/v0/files` with the bytes of `file`.
+    pub async fn upload(&self, file: &Path) -> Value {
+        let url = format!("{}/api/v0/files", self.base);
+        json_of(self.client.post(url).body(std::fs::read(file).unwrap())).await
+    }
+}
+
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
 }
 
 impl Drop for OriginalServer {
