@@ -144,6 +144,128 @@ pub enum ExecutionError {
 }
 
 #[derive(Debug, thiserror::Error)]
+pub enum TrainingError {
+    #[error("Input samples with the following identifiers not found: {}", missing_sample_ids.join("\n"))]
+    InputSamplesNotFound { missing_sample_ids: Vec<String> },
+    #[error("Files (associated with input sample) with the following identifiers not found: {}", missing_file_ids.join("\n"))]
+    SampleFilesNotFound { missing_file_ids: Vec<String> },
+    /// Empty `training_data` (the original accepts it and fails later; `training.md` §3.1).
+    #[error("training_data must name at least one sample.")]
+    NoTrainingData,
+    #[error("Algorithm not found")]
+    AlgorithmNotFound { algorithm_id: String },
+    #[error("Checkpoint '{checkpoint_id}' not found.")]
+    CheckpointNotFound { checkpoint_id: String },
+    #[error("Checkpoint '{checkpoint_id}' belongs to algorithm {parent_algorithm_id}, not {algorithm_id}.")]
+    CheckpointIncompatible {
+        checkpoint_id: String,
+        parent_algorithm_id: String,
+        algorithm_id: String,
+    },
+    #[error("Algorithm {algorithm_id} has no minor version {algorithm_minor_version}.")]
+    MinorNotFound {
+        algorithm_id: String,
+        algorithm_minor_version: String,
+    },
+    #[error("Training record not found")]
+    RecordNotFound { training_id: String },
+    #[error("reading training record {training_id} failed: {message}")]
+    RecordReadFailed {
+        training_id: String,
+        message: String,
+    },
+    #[error("Training in state {status} cannot be stopped")]
+    NotStoppable { training_id: String, status: String },
+    #[error("posting stop request for {training_id} failed: {message}")]
+    StopRequestFailed {
+        training_id: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchmarkError {
+    #[error("Algorithm not found")]
+    AlgorithmNotFound { algorithm_id: String },
+    #[error("Benchmark record not found")]
+    RecordNotFound { benchmark_id: String },
+    #[error("reading benchmark record {benchmark_id} failed: {message}")]
+    RecordReadFailed {
+        benchmark_id: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    #[error("Input files with the following identifiers not found: {}", file_ids.join("\n"))]
+    InputFilesNotFound { file_ids: Vec<String> },
+    /// A body the sample manifest model refuses (the original answers 500; `training.md` §2.3).
+    #[error("Invalid sample: {0}")]
+    Invalid(String),
+    #[error("Cannot promote files to training store. Some files are missing.")]
+    FilesNotFound { missing_files: Vec<String> },
+    #[error("saving sample failed: {0}")]
+    SaveFailed(StorageError),
+    #[error("No samples found in the sample store")]
+    NoneStored,
+    #[error("listing samples failed: {0}")]
+    ListFailed(String),
+    #[error("Failed to load sample manifest for sample {sample_id}.")]
+    NotFound { sample_id: String },
+    #[error("Sample not found")]
+    Absent { sample_id: String },
+    #[error("Invalid sample manifest for sample {sample_id}.")]
+    InvalidManifest { sample_id: String },
+    #[error("Invalid sample record.")]
+    InvalidRecord { sample_id: String },
+    #[error("reading sample {sample_id} failed: {message}")]
+    GetFailed { sample_id: String, message: String },
+    #[error("deleting sample {sample_id} failed: {message}")]
+    DeleteFailed { sample_id: String, message: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("No checkpoints found in the checkpoint store")]
+    NoneStored,
+    #[error("Failed to load checkpoint manifest with ID {checkpoint_id}")]
+    NotFound { checkpoint_id: String },
+    #[error("checkpoint manifest {checkpoint_id} is invalid: {message}")]
+    ManifestInvalid {
+        checkpoint_id: String,
+        message: String,
+    },
+    #[error("listing checkpoints failed: {0}")]
+    ListFailed(String),
+    #[error("reading checkpoint {checkpoint_id} failed: {message}")]
+    GetFailed {
+        checkpoint_id: String,
+        message: String,
+    },
+    #[error("deleting the assets of checkpoint {checkpoint_id} failed: {message}")]
+    AssetDeleteFailed {
+        checkpoint_id: String,
+        message: String,
+    },
+    #[error("updating the algorithm record for checkpoint {checkpoint_id} failed: {message}")]
+    AlgorithmRecordUpdateFailed {
+        checkpoint_id: String,
+        message: String,
+    },
+    #[error("updating the training record for checkpoint {checkpoint_id} failed: {message}")]
+    TrainingRecordUpdateFailed {
+        checkpoint_id: String,
+        message: String,
+    },
+    #[error("deleting checkpoint {checkpoint_id} failed: {message}")]
+    DeleteFailed {
+        checkpoint_id: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error(transparent)]
     File(#[from] FileError),
@@ -153,6 +275,14 @@ pub enum ApiError {
     Deploy(#[from] DeployError),
     #[error(transparent)]
     Execution(#[from] ExecutionError),
+    #[error(transparent)]
+    Training(#[from] TrainingError),
+    #[error(transparent)]
+    Benchmark(#[from] BenchmarkError),
+    #[error(transparent)]
+    Sample(#[from] SampleError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     Storage(#[from] StorageError),
     /// Request validation (E3); the items are pydantic-style error objects.
@@ -351,6 +481,10 @@ impl ApiError {
                 X::RecordsDeleteFailed(_) => row(500, "execution_records_delete_failed", None),
                 X::RecordDeleteFailed(_) => row(500, "execution_record_delete_failed", None),
             },
+            ApiError::Training(e) => training_row(e),
+            ApiError::Benchmark(e) => benchmark_row(e),
+            ApiError::Sample(e) => sample_row(e),
+            ApiError::Checkpoint(e) => checkpoint_row(e),
             ApiError::Storage(s) => match s {
                 StorageError::InvalidKey { key, reason } => row(
                     400,
@@ -389,6 +523,146 @@ impl ApiError {
             }
         }
         body
+    }
+}
+
+fn training_row(e: &TrainingError) -> ErrorRow {
+    use TrainingError as T;
+    match e {
+        T::InputSamplesNotFound { missing_sample_ids } => row(
+            404,
+            "input_samples_not_found",
+            Some(json!({ "missing_sample_ids": missing_sample_ids })),
+        ),
+        T::SampleFilesNotFound { missing_file_ids } => row(
+            404,
+            "sample_files_not_found",
+            Some(json!({ "missing_file_ids": missing_file_ids })),
+        ),
+        T::NoTrainingData => row(400, "training_samples_not_found", None),
+        T::AlgorithmNotFound { algorithm_id } => row(
+            404,
+            "algorithm_not_found",
+            Some(json!({ "algorithm_id": algorithm_id })),
+        ),
+        T::CheckpointNotFound { checkpoint_id } => row(
+            404,
+            "checkpoint_not_found",
+            Some(json!({ "checkpoint_id": checkpoint_id })),
+        ),
+        T::CheckpointIncompatible {
+            checkpoint_id,
+            parent_algorithm_id,
+            ..
+        } => row(
+            400,
+            "checkpoint_asset_incompatible",
+            Some(
+                json!({ "checkpoint_id": checkpoint_id, "parent_algorithm_id": parent_algorithm_id }),
+            ),
+        ),
+        T::MinorNotFound {
+            algorithm_id,
+            algorithm_minor_version,
+        } => row(
+            404,
+            "minor_version_not_found",
+            Some(
+                json!({ "algorithm_id": algorithm_id, "algorithm_minor_version": algorithm_minor_version }),
+            ),
+        ),
+        T::RecordNotFound { training_id } => row(
+            404,
+            "training_record_not_found",
+            Some(json!({ "training_id": training_id })),
+        ),
+        T::RecordReadFailed { .. } => row(500, "training_record_read_failed", None),
+        T::NotStoppable {
+            training_id,
+            status,
+        } => row(
+            400,
+            "training_not_stoppable",
+            Some(json!({ "training_id": training_id, "status": status })),
+        ),
+        T::StopRequestFailed { .. } => row(500, "stop_request_failed", None),
+    }
+}
+
+fn benchmark_row(e: &BenchmarkError) -> ErrorRow {
+    use BenchmarkError as B;
+    match e {
+        B::AlgorithmNotFound { algorithm_id } => row(
+            404,
+            "algorithm_not_found",
+            Some(json!({ "algorithm_id": algorithm_id })),
+        ),
+        B::RecordNotFound { benchmark_id } => row(
+            404,
+            "benchmark_record_not_found",
+            Some(json!({ "benchmark_id": benchmark_id })),
+        ),
+        B::RecordReadFailed { .. } => row(500, "benchmark_record_read_failed", None),
+    }
+}
+
+fn sample_row(e: &SampleError) -> ErrorRow {
+    use SampleError as S;
+    match e {
+        S::InputFilesNotFound { file_ids } => row(
+            404,
+            "sample_input_files_not_found",
+            Some(json!({ "file_ids": file_ids })),
+        ),
+        S::Invalid(_) => row(400, "validation_error", None),
+        S::FilesNotFound { missing_files } => row(
+            404,
+            "sample_files_not_found",
+            Some(json!({ "missing_files": missing_files })),
+        ),
+        S::SaveFailed(s) => storage_row(500, "sample_save_failed", s),
+        S::NoneStored => row(404, "samples_not_found", None),
+        S::ListFailed(_) => row(500, "sample_list_failed", None),
+        S::NotFound { sample_id } | S::Absent { sample_id } => row(
+            404,
+            "sample_not_found",
+            Some(json!({ "sample_id": sample_id })),
+        ),
+        S::InvalidManifest { sample_id } => row(
+            400,
+            "invalid_sample_manifest",
+            Some(json!({ "sample_id": sample_id })),
+        ),
+        S::InvalidRecord { sample_id } => row(
+            400,
+            "invalid_sample_record",
+            Some(json!({ "sample_id": sample_id })),
+        ),
+        S::GetFailed { .. } => row(500, "sample_get_failed", None),
+        S::DeleteFailed { .. } => row(500, "sample_delete_failed", None),
+    }
+}
+
+fn checkpoint_row(e: &CheckpointError) -> ErrorRow {
+    use CheckpointError as C;
+    match e {
+        C::NoneStored => row(404, "checkpoints_not_found", None),
+        C::NotFound { checkpoint_id } => row(
+            404,
+            "checkpoint_not_found",
+            Some(json!({ "checkpoint_id": checkpoint_id })),
+        ),
+        C::ManifestInvalid { .. } => row(500, "checkpoint_manifest_invalid", None),
+        C::ListFailed(_) => row(500, "checkpoint_list_failed", None),
+        C::GetFailed { .. } => row(500, "checkpoint_get_failed", None),
+        C::AssetDeleteFailed { .. } => row(500, "checkpoint_asset_delete_failed", None),
+        C::AlgorithmRecordUpdateFailed { .. } => {
+            row(500, "checkpoint_algorithm_record_update_failed", None)
+        }
+        C::TrainingRecordUpdateFailed { .. } => {
+            row(500, "checkpoint_training_record_update_failed", None)
+        }
+        C::DeleteFailed { .. } => row(500, "checkpoint_delete_failed", None),
     }
 }
 

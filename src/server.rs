@@ -8,11 +8,13 @@
 //! when they are.
 
 use crate::actors::bundle_importer::{BundleImporter, RunStartupImport, StartupOutcome};
+use crate::actors::checkpoint_store::CheckpointStore;
 use crate::actors::deployer::{Deployer, DeployerConfig};
 use crate::actors::emergency_writer::{EmergencyWriter, PurgeEmergencyRecords};
 use crate::actors::executor::WorkerSpec;
 use crate::actors::executor_pool::{ExecutorPool, PoolConfig, ShutdownPool};
 use crate::actors::minio_supervisor::{MinioLaunch, MinioSupervisor, StopMinio};
+use crate::actors::sample_store::SampleStore;
 use crate::actors::stop_registry::StopRegistry;
 use crate::actors::storage_gateway::{flatten, BackendFactory, EnsureCollections, StorageGateway};
 use crate::config::{BackendSettings, ExecutorSettings, InferenceDevice, Settings};
@@ -323,11 +325,21 @@ async fn serve(settings: Settings) -> anyhow::Result<i32> {
         );
         move |_| ExecutorPool::new(s, d, st, e, pool_config)
     });
+    let samples = Supervisor::start({
+        let s = core.storage.clone();
+        move |_| SampleStore::new(s)
+    });
+    let checkpoints = Supervisor::start({
+        let (s, d) = (core.storage.clone(), core.deployer.clone());
+        move |_| CheckpointStore::new(s, d)
+    });
     let state = AppState {
         settings: Arc::new(settings.clone()),
         storage: core.storage.clone(),
         deployer: core.deployer.clone(),
         pool: pool.clone(),
+        samples,
+        checkpoints,
         signer: core.signer.clone(),
         gpu_count,
     };

@@ -1,6 +1,7 @@
 """What the Rust worker process calls for each job (``docs/worker-protocol.md`` §1).
 
-:func:`run_job` takes one execution from PENDING to a terminal state:
+:func:`run_job` takes one task (an execution, a training or a benchmark; the job's ``kind``)
+from PENDING to a terminal state. For an execution:
 
 1. Apply the job's process settings (runner cache size, module cache dir, device probes).
 2. Open the ``TaskSession`` of the record's token and build the ``TaskHandler``, which
@@ -12,6 +13,10 @@
 5. Whatever happens, end with a terminal record (the handler wrote FAILED/STOPPED already;
    a safety net covers anything that escaped it), restore the streams, drop the process
    fallbacks for threads, and collect garbage (and the CUDA cache if torch is loaded).
+
+A training runs the same way with a ``TrainingHandler`` and a fresh ``TempStore`` (removed at
+the end), then ``run_training``; a benchmark with a ``BenchmarkHandler`` (no session), the
+latest minor version and ``run_benchmark`` (``training.md`` §3.3, §5.3).
 
 The job runs inside a fresh ``contextvars.Context`` so no ContextVar value leaks into the
 next job. ``run_job`` never raises: even ``SystemExit`` or ``KeyboardInterrupt`` raised by an
@@ -26,15 +31,18 @@ import io
 import sys
 import threading
 from datetime import datetime
-from typing import Any, Dict, List, Optional, Set, TextIO
+from typing import Any, Callable, Dict, List, Optional, Set, TextIO
 
 from compox._process_log import process_log
 from compox._time import log_timestamp, record_timestamp
 from compox.algorithm_utils import runner_context
 from compox.exceptions import CompoxTaskError, TaskStoppedException, error_failure_payload
 from compox.tasks import _runtime, context_handler
+from compox.tasks.BenchmarkHandler import BenchmarkHandler
 from compox.tasks.TaskHandler import TaskHandler
 from compox.tasks.TaskSession import TaskSession
+from compox.training.TempStore import TempStore
+from compox.training.TrainingHandler import TrainingHandler
 
 TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "STOPPED"})
 
@@ -52,13 +60,20 @@ def run_job(job: Dict[str, Any], bridge: Any) -> None:
         _release_memory()
 
 
+# job kind -> (record id field, what runs once the handler is current)
+_JOB_KINDS = ("execution", "training", "benchmark")
+_ID_FIELDS = {"execution": "execution_id", "training": "training_id", "benchmark": "benchmark_id"}
+
+
 def _run_job(job: Dict[str, Any], bridge: Any) -> None:
     record = job.get("record") or {}
-    if job.get("kind", "execution") != "execution":
-        _write_bare_failure(bridge, f"Unsupported job kind: {job.get('kind')!r}.")
+    kind = job.get("kind", "execution")
+    if kind not in _JOB_KINDS:
+        _write_bare_failure(bridge, f"Unsupported job kind: {kind!r}.")
         return
-    if "execution_id" not in record or "algorithm_id" not in record:
-        _write_bare_failure(bridge, "The job record lacks execution_id or algorithm_id.")
+    id_field = _ID_FIELDS[kind]
+    if id_field not in record or "algorithm_id" not in record:
+        _write_bare_failure(bridge, f"The job record lacks {id_field} or algorithm_id.")
         return
 
     TaskHandler._ALGORITHM_CACHE_MAXSIZE = max(1, int(job.get("cache_maxsize") or 1))
@@ -68,37 +83,71 @@ def _run_job(job: Dict[str, Any], bridge: Any) -> None:
         mps_available=bool(job.get("mps_available", False)),
     )
 
-    with TaskSession(session_token=record.get("session_token")) as session:
-        try:
-            handler = TaskHandler(
-                record["execution_id"], bridge, database_update=True, task_session=session
+    if kind == "execution":
+        with TaskSession(session_token=record.get("session_token")) as session:
+            _run_with_handler(
+                record,
+                lambda: TaskHandler(
+                    record["execution_id"], bridge, database_update=True, task_session=session
+                ),
+                lambda handler: _execute(handler, record, job.get("algorithm_record")),
             )
-        except TaskStoppedException:
-            process_log.info("Execution was interrupted by stop request.")
-            return
-        except BaseException as error:
-            # The constructor has already recorded its own failure.
-            _note_failure(record, error)
-            return
-
-        handler.set_as_current_handler()
-        try:
-            with _CapturedOutput(handler):
-                _execute(handler, record, job.get("algorithm_record"))
-        except TaskStoppedException:
-            process_log.info("Execution was interrupted by stop request.")
-        except BaseException as error:
-            # Usually recorded already (mark_as_failed is idempotent); this covers the rest.
-            handler.mark_as_failed(error)
-            _note_failure(record, error)
-
-        if handler.status not in TERMINAL_STATUSES:
-            handler.mark_as_failed(
-                CompoxTaskError(
-                    "The execution ended without reaching a terminal state.",
-                    code="task_not_terminated",
-                )
+    elif kind == "benchmark":
+        _run_with_handler(
+            record,
+            lambda: BenchmarkHandler(record["benchmark_id"], bridge, database_update=True),
+            lambda handler: _benchmark(handler, record, job.get("algorithm_record")),
+        )
+    else:
+        with TempStore() as temp_store:
+            _run_with_handler(
+                record,
+                lambda: TrainingHandler(
+                    record["training_id"],
+                    bridge,
+                    database_update=True,
+                    temp_store=temp_store,
+                    training_record=record,
+                    algorithm_key=job.get("algorithm_key"),
+                    algorithm_record=job.get("algorithm_record"),
+                ),
+                lambda handler: _train(handler, record, job.get("algorithm_record")),
             )
+
+
+def _run_with_handler(
+    record: Dict[str, Any], make_handler: Callable[[], Any], body: Callable[[Any], None]
+) -> None:
+    """Build the handler (which writes STARTED), run ``body`` with it current, and make sure
+    the task ends in a terminal state."""
+    try:
+        handler = make_handler()
+    except TaskStoppedException:
+        process_log.info("Task was interrupted by stop request.")
+        return
+    except BaseException as error:
+        # The constructor has already recorded its own failure.
+        _note_failure(record, error)
+        return
+
+    handler.set_as_current_handler()
+    try:
+        with _CapturedOutput(handler):
+            body(handler)
+    except TaskStoppedException:
+        process_log.info("Task was interrupted by stop request.")
+    except BaseException as error:
+        # Usually recorded already (mark_as_failed is idempotent); this covers the rest.
+        handler.mark_as_failed(error)
+        _note_failure(record, error)
+
+    if handler.status not in TERMINAL_STATUSES:
+        handler.mark_as_failed(
+            CompoxTaskError(
+                "The task ended without reaching a terminal state.",
+                code="task_not_terminated",
+            )
+        )
 
 
 def _execute(handler: TaskHandler, record: Dict[str, Any], algorithm_record: Any) -> None:
@@ -118,6 +167,33 @@ def _execute(handler: TaskHandler, record: Dict[str, Any], algorithm_record: Any
         {"input_dataset_ids": record.get("input_dataset_ids") or []},
         args=record.get("additional_parameters"),
     )
+
+
+def _benchmark(handler: Any, record: Dict[str, Any], algorithm_record: Any) -> None:
+    """``training.md`` §5.3: latest minor version, no checkpoint, default device."""
+    handler.logger.info("Fetching algorithm for benchmark...")
+    started = datetime.now()
+    runner = handler.fetch_algorithm(record["algorithm_id"], algorithm_record=algorithm_record)
+    handler.logger.info(
+        f"Algorithm fetched in {(datetime.now() - started).total_seconds()} seconds."
+    )
+    runner.run_benchmark(args=record.get("additional_parameters"))
+
+
+def _train(handler: Any, record: Dict[str, Any], algorithm_record: Any) -> None:
+    """``training.md`` §3.3 steps 4–5: default device, the requested checkpoint and minor."""
+    handler.logger.info("Fetching algorithm...")
+    started = datetime.now()
+    runner = handler.fetch_algorithm(
+        record["algorithm_id"],
+        checkpoint_id=record.get("checkpoint_id"),
+        algorithm_minor_version=record.get("algorithm_minor_version"),
+        algorithm_record=algorithm_record,
+    )
+    handler.logger.info(
+        f"Algorithm fetched in {(datetime.now() - started).total_seconds()} seconds."
+    )
+    runner.run_training(list(record.get("training_data") or []), args=record.get("additional_parameters"))
 
 
 def _note_failure(record: Dict[str, Any], error: BaseException) -> None:

@@ -31,6 +31,13 @@ SURFACE = {
     "compox.tasks.context_handler": ["current_handler"],
     "compox.tasks.context_task_handler": ["current_task_handler"],
     "compox.tasks.DebuggingTaskHandler": ["DebuggingTaskHandler"],
+    "compox.tasks.BenchmarkHandler": ["BenchmarkHandler"],
+    # training.md §2.4, §3.7–§3.9: the training-side API.
+    "compox.training.TrainingHandler": ["TrainingHandler"],
+    "compox.training.TrainingSample": ["TrainingSample"],
+    "compox.training.TrainingDataset": ["TrainingDataset"],
+    "compox.training.TempStore": ["TempStore"],
+    "compox.training.DebuggingTrainingHandler": ["DebuggingTrainingHandler"],
     "compox.exceptions": ["CompoxError", "TaskStoppedException"],
     "compox._bridge_memory": ["InMemoryBridge"],
     "compox._worker": ["run_job"],

@@ -351,10 +351,11 @@ def test_process_state_is_restored_after_a_job(bridge, deployed, tmp_path):
 
 
 def test_unsupported_job_kind_is_failed(bridge, tmp_path):
-    job = make_job(bridge, None, [], tmp_path, kind="training")
+    # Executions, trainings and benchmarks are the job kinds (training.md §3.3, §5.3).
+    job = make_job(bridge, None, [], tmp_path, kind="distillation")
     run_job(job, bridge)
     assert bridge.record()["status"] == "FAILED"
-    assert bridge.record()["error"]["message"] == "Unsupported job kind: 'training'."
+    assert bridge.record()["error"]["message"] == "Unsupported job kind: 'distillation'."
 
 
 ASSET_IN_INIT_FILES = {

@@ -4,7 +4,8 @@
 //! start-up; a one-permit semaphore that serialises every change (deploys, deletions) so version
 //! assignment never races; the settings the pipeline needs.
 //! Messages: [`DeployPath`], [`StartAsyncDeploy`], [`GetDeployRecord`], [`GetAlgorithm`],
-//! [`ListAlgorithms`], [`ExportAlgorithm`], [`DeleteAlgorithm`], [`ResolveAlgorithm`].
+//! [`ListAlgorithms`], [`ExportAlgorithm`], [`DeleteAlgorithm`], [`ResolveAlgorithm`],
+//! [`LinkCheckpoint`], [`UnlinkCheckpoint`].
 //!
 //! Deploy flow (`algorithms.md` §2.1), under the permit: 1. resolve the folder (or unpack the
 //! zip); 2. validate `pyproject.toml`; 3. sort the files; 4. build the module in a Python child
@@ -695,6 +696,42 @@ impl Handler<DeleteAlgorithm> for Deployer {
     fn handle(&mut self, m: DeleteAlgorithm, ctx: &mut Context<Self>) -> Self::Result {
         let p = self.pipeline(ctx);
         Box::pin(async move { p.delete(m).await })
+    }
+}
+
+/// C3 step 3: drops a checkpoint id from its parent algorithm's `checkpoints` and flags the
+/// storage metrics stale (`training.md` §4.5). The parent is found by its stored key, else by id;
+/// a parent that no longer exists has nothing to update.
+#[derive(Message)]
+#[rtype(result = "Result<(), ApiError>")]
+pub struct UnlinkCheckpoint {
+    pub algorithm_id: String,
+    pub algorithm_key: Option<String>,
+    pub checkpoint_id: String,
+}
+
+impl Handler<UnlinkCheckpoint> for Deployer {
+    type Result = ResponseFuture<Result<(), ApiError>>;
+    fn handle(&mut self, m: UnlinkCheckpoint, ctx: &mut Context<Self>) -> Self::Result {
+        let p = self.pipeline(ctx);
+        Box::pin(async move { p.unlink_checkpoint(m).await })
+    }
+}
+
+/// A training registered a checkpoint (`training.md` §4.2 step 5): appends its id to the parent
+/// algorithm's `checkpoints` (created when absent) and flags the storage metrics stale.
+#[derive(Message)]
+#[rtype(result = "Result<(), ApiError>")]
+pub struct LinkCheckpoint {
+    pub algorithm_id: String,
+    pub checkpoint_id: String,
+}
+
+impl Handler<LinkCheckpoint> for Deployer {
+    type Result = ResponseFuture<Result<(), ApiError>>;
+    fn handle(&mut self, m: LinkCheckpoint, ctx: &mut Context<Self>) -> Self::Result {
+        let p = self.pipeline(ctx);
+        Box::pin(async move { p.link_checkpoint(m).await })
     }
 }
 
@@ -1448,6 +1485,95 @@ impl Pipeline {
                 Ok(detail)
             }
         }
+    }
+
+    async fn link_checkpoint(&self, m: LinkCheckpoint) -> Result<(), ApiError> {
+        let _permit = self
+            .permit
+            .acquire()
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let all = self.me.send(AllRecords).await?;
+        let prefix = format!("{}~", m.algorithm_id);
+        let Some((key, rec)) = all.iter().find(|(k, _)| k.starts_with(&prefix)) else {
+            return Err(AlgorithmError::NotFoundById {
+                algorithm_id: m.algorithm_id,
+            }
+            .into());
+        };
+        let mut rec = rec.clone();
+        if !rec.get("checkpoints").is_some_and(Value::is_array) {
+            rec["checkpoints"] = json!([]);
+        }
+        if let Some(ids) = rec["checkpoints"].as_array_mut() {
+            if !ids
+                .iter()
+                .any(|v| v.as_str() == Some(m.checkpoint_id.as_str()))
+            {
+                ids.push(json!(m.checkpoint_id));
+            }
+        }
+        rec["storage_metrics_stale"] = json!(true);
+        let body = Bytes::from(serde_json::to_vec(&rec).unwrap_or_default());
+        flatten(
+            self.storage
+                .send(PutBytes {
+                    collection: ALGORITHM_STORE,
+                    key: key.clone(),
+                    body,
+                })
+                .await,
+        )?;
+        self.me
+            .send(IndexChanged {
+                removed: vec![],
+                written: Some((key.clone(), rec)),
+            })
+            .await?;
+        tracing::info!(algorithm_id = %m.algorithm_id, checkpoint_id = %m.checkpoint_id, "checkpoint registered");
+        Ok(())
+    }
+
+    async fn unlink_checkpoint(&self, m: UnlinkCheckpoint) -> Result<(), ApiError> {
+        let _permit = self
+            .permit
+            .acquire()
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let all = self.me.send(AllRecords).await?;
+        let by_key = m
+            .algorithm_key
+            .as_ref()
+            .and_then(|key| all.iter().find(|(k, _)| k == key));
+        let prefix = format!("{}~", m.algorithm_id);
+        let Some((key, rec)) = by_key.or_else(|| all.iter().find(|(k, _)| k.starts_with(&prefix)))
+        else {
+            tracing::warn!(checkpoint_id = %m.checkpoint_id, algorithm_id = %m.algorithm_id, "the checkpoint's algorithm is gone; nothing to unlink");
+            return Ok(());
+        };
+        let mut rec = rec.clone();
+        let Some(ids) = rec.get_mut("checkpoints").and_then(Value::as_array_mut) else {
+            return Ok(());
+        };
+        ids.retain(|v| v.as_str() != Some(m.checkpoint_id.as_str()));
+        rec["storage_metrics_stale"] = json!(true);
+        let body = Bytes::from(serde_json::to_vec(&rec).unwrap_or_default());
+        flatten(
+            self.storage
+                .send(PutBytes {
+                    collection: ALGORITHM_STORE,
+                    key: key.clone(),
+                    body,
+                })
+                .await,
+        )?;
+        self.me
+            .send(IndexChanged {
+                removed: vec![],
+                written: Some((key.clone(), rec)),
+            })
+            .await?;
+        Ok(())
     }
 
     /// Deletes one checkpoint as C3 does (`algorithms.md` §5 step 3): its assets, its id in the

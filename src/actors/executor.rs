@@ -21,11 +21,12 @@
 //! requested), the record is flushed, and a new worker is started with back-off. A final write
 //! that storage refuses goes to the emergency store as a FAILED record.
 
+use super::deployer::{Deployer, LinkCheckpoint};
 use super::emergency_writer::{DeleteEmergencyRecord, EmergencyWriter, WriteEmergencyRecord};
 use super::executor_pool::{ExecutionFinished, ExecutorDown, ExecutorPool, ExecutorReady};
 use super::storage_gateway::{flatten, PutBytes, StorageGateway};
-use crate::records::{is_terminal, local_now, log_time_now, ExecutionRecord};
-use crate::storage::{StorageError, EXECUTION_STORE};
+use crate::records::{is_terminal, log_time_now, TaskRecord};
+use crate::storage::StorageError;
 use crate::worker::protocol::{self, FromWorker, StorageSpec, ToWorker};
 use actix::prelude::*;
 use bytes::Bytes;
@@ -59,11 +60,11 @@ pub struct WorkerInfo {
 }
 
 struct Running {
-    record: ExecutionRecord,
+    record: TaskRecord,
     stop_requested: bool,
     /// What polls see once the worker reported a terminal state: the record just before it, until
     /// the terminal record is stored (or refused and replaced by a FAILED emergency record).
-    before_terminal: Option<ExecutionRecord>,
+    before_terminal: Option<TaskRecord>,
     /// The final record is being stored; the pool hears of it once that is done.
     finishing: bool,
 }
@@ -71,6 +72,7 @@ struct Running {
 pub struct Executor {
     index: usize,
     pool: Addr<ExecutorPool>,
+    deployer: Addr<Deployer>,
     spec: WorkerSpec,
     generation: u64,
     pid: Option<u32>,
@@ -89,6 +91,7 @@ impl Executor {
     pub fn new(
         index: usize,
         pool: Addr<ExecutorPool>,
+        deployer: Addr<Deployer>,
         storage: Addr<StorageGateway>,
         emergency: Addr<EmergencyWriter>,
         spec: WorkerSpec,
@@ -98,6 +101,7 @@ impl Executor {
         Executor {
             index,
             pool,
+            deployer,
             spec,
             generation: 0,
             pid: None,
@@ -235,7 +239,7 @@ impl Executor {
 
     fn persist(
         &self,
-        record: &ExecutionRecord,
+        record: &TaskRecord,
         terminal: bool,
     ) -> oneshot::Receiver<Result<(), StorageError>> {
         let (tx, rx) = oneshot::channel();
@@ -252,31 +256,27 @@ impl Executor {
         let Some(run) = self.running.as_mut().filter(|r| !r.finishing) else {
             return;
         };
-        if !is_terminal(&run.record.status) {
+        if !is_terminal(run.record.status()) {
             run.before_terminal = Some(run.record.clone());
             let rec = &mut run.record;
             if run.stop_requested {
-                rec.log.push_str(&format!(
+                rec.push_log(&format!(
                     "{} INFO Worker stopped after the stop grace period ({reason}).\n",
                     log_time_now()
                 ));
-                rec.status = "STOPPED".into();
+                rec.stop();
             } else {
-                rec.log.push_str(&format!(
-                    "{} ERROR Worker process died during the execution: {reason}\n",
-                    log_time_now()
+                rec.push_log(&format!(
+                    "{} ERROR Worker process died during the {}: {reason}\n",
+                    log_time_now(),
+                    rec.kind().name()
                 ));
-                rec.status = "FAILED".into();
-                rec.progress = 1.0;
-                rec.output_dataset_ids = json!([]);
-                rec.extra.insert(
-                    "error".into(),
+                rec.fail(
                     json!({"type": "WorkerCrashed", "message": format!("Worker process died: {reason}"), "code": "worker_crashed"}),
                 );
             }
-            rec.time_completed = local_now();
         }
-        tracing::warn!(worker = self.index, execution_id = %run.record.execution_id, status = %run.record.status, reason, "worker lost its execution");
+        tracing::warn!(worker = self.index, task_id = %run.record.id(), status = %run.record.status(), reason, "worker lost its task");
         self.finish(ctx);
     }
 
@@ -295,7 +295,7 @@ impl Executor {
             if act
                 .running
                 .as_ref()
-                .is_some_and(|r| r.record.execution_id == record.execution_id)
+                .is_some_and(|r| r.record.id() == record.id())
             {
                 act.running = None;
             }
@@ -412,54 +412,50 @@ impl Handler<WorkerFrame> for Executor {
                 tracing::error!(worker = self.index, %message, "worker cannot start");
             }
             FromWorker::Update { fields } => {
-                let Some(run) = self.running.as_mut() else {
-                    self.send_frame(&ToWorker::UpdateAck {
-                        stop: false,
-                        error: Some("no execution is running".into()),
-                    });
+                let new_checkpoints = self.new_checkpoints(&fields);
+                if new_checkpoints.is_empty() {
+                    self.apply_update(fields, ctx);
+                    return;
+                }
+                // The worker waits for this ack: register the checkpoints with their algorithm
+                // first, so a training record never lists one its algorithm does not.
+                let Some(run) = self.running.as_ref() else {
                     return;
                 };
-                let was_terminal = is_terminal(&run.record.status);
-                let before = run.record.clone();
-                run.record.apply(&fields);
-                let terminal = fields
-                    .get("status")
-                    .and_then(Value::as_str)
-                    .is_some_and(is_terminal);
-                if terminal && !was_terminal {
-                    run.before_terminal = Some(before);
-                }
-                let stop = run.stop_requested;
-                let record = run.record.clone();
-                let stored = self.persist(&record, terminal);
-                self.send_frame(&ToWorker::UpdateAck { stop, error: None });
-                if terminal {
-                    // Show the terminal state once it is stored; a refused write leaves the
-                    // FAILED fallback for `finish` to report.
-                    let id = record.execution_id;
-                    ctx.spawn(stored.into_actor(self).map(move |res, act, _| {
-                        if let (Ok(Ok(())), Some(run)) = (res, act.running.as_mut()) {
-                            if run.record.execution_id == id && !run.finishing {
-                                run.before_terminal = None;
-                            }
-                        }
-                    }));
-                }
+                let (deployer, algorithm_id) =
+                    (self.deployer.clone(), run.record.algorithm_id().to_string());
+                let link = async move {
+                    for checkpoint_id in new_checkpoints {
+                        deployer
+                            .send(LinkCheckpoint {
+                                algorithm_id: algorithm_id.clone(),
+                                checkpoint_id,
+                            })
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .map_err(|e| e.to_string())?;
+                    }
+                    Ok::<_, String>(())
+                };
+                ctx.spawn(link.into_actor(self).map(move |res, act, ctx| match res {
+                    Ok(()) => act.apply_update(fields, ctx),
+                    Err(e) => act.send_frame(&ToWorker::UpdateAck {
+                        stop: false,
+                        error: Some(format!("registering the checkpoint failed: {e}")),
+                    }),
+                }));
             }
             FromWorker::Done => {
                 let Some(run) = self.running.as_mut() else {
                     return;
                 };
-                if !is_terminal(&run.record.status) {
+                if !is_terminal(run.record.status()) {
                     run.before_terminal = Some(run.record.clone());
-                    run.record.status = "FAILED".into();
-                    run.record.progress = 1.0;
-                    run.record.output_dataset_ids = json!([]);
-                    run.record.time_completed = local_now();
-                    run.record.log.push_str(&format!(
+                    run.record.push_log(&format!(
                         "{} ERROR The algorithm runtime ended without a final status.\n",
                         log_time_now()
                     ));
+                    run.record.fail(json!({"type": "TaskNotTerminated", "message": "The algorithm runtime ended without a final status.", "code": "task_not_terminated"}));
                 }
                 self.finish(ctx);
             }
@@ -501,7 +497,7 @@ impl Handler<WorkerExited> for Executor {
 #[rtype(result = "()")]
 pub struct RunExecution {
     pub job: Value,
-    pub record: ExecutionRecord,
+    pub record: TaskRecord,
 }
 
 impl Handler<RunExecution> for Executor {
@@ -509,8 +505,8 @@ impl Handler<RunExecution> for Executor {
     fn handle(&mut self, m: RunExecution, ctx: &mut Context<Self>) {
         let mut job = m.job;
         job["module_cache_dir"] = json!(self.module_cache_dir.display().to_string());
-        let id = m.record.execution_id.clone();
-        tracing::debug!(worker = self.index, execution_id = %id, "execution dispatched");
+        let id = m.record.id().to_string();
+        tracing::debug!(worker = self.index, task_id = %id, kind = m.record.kind().name(), "task dispatched");
         let stop_requested = self.early_stops.remove(&id);
         self.running = Some(Running {
             record: m.record,
@@ -530,34 +526,85 @@ impl Handler<RunExecution> for Executor {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct StopNotice {
-    pub execution_id: String,
+    pub task_id: String,
 }
 
 impl Handler<StopNotice> for Executor {
     type Result = ();
     fn handle(&mut self, m: StopNotice, ctx: &mut Context<Self>) {
-        let Some(run) = self
-            .running
-            .as_mut()
-            .filter(|r| r.record.execution_id == m.execution_id)
-        else {
+        let Some(run) = self.running.as_mut().filter(|r| r.record.id() == m.task_id) else {
             // The pool dispatched it, but its `RunExecution` has not arrived yet.
-            self.early_stops.insert(m.execution_id);
+            self.early_stops.insert(m.task_id);
             return;
         };
         run.stop_requested = true;
-        self.arm_stop_grace(m.execution_id, ctx);
+        self.arm_stop_grace(m.task_id, ctx);
     }
 }
 
 impl Executor {
+    /// Checkpoint ids a training's update adds to `output_checkpoint_ids`.
+    fn new_checkpoints(&self, fields: &serde_json::Map<String, Value>) -> Vec<String> {
+        let Some(TaskRecord::Training(t)) = self.running.as_ref().map(|r| &r.record) else {
+            return Vec::new();
+        };
+        let Some(ids) = fields
+            .get("output_checkpoint_ids")
+            .and_then(Value::as_array)
+        else {
+            return Vec::new();
+        };
+        ids.iter()
+            .filter_map(Value::as_str)
+            .filter(|id| !t.output_checkpoint_ids.iter().any(|known| known == id))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Merges a worker's `update` into the running record, persists it and answers the worker.
+    fn apply_update(&mut self, fields: serde_json::Map<String, Value>, ctx: &mut Context<Self>) {
+        let Some(run) = self.running.as_mut() else {
+            self.send_frame(&ToWorker::UpdateAck {
+                stop: false,
+                error: Some("no execution is running".into()),
+            });
+            return;
+        };
+        let was_terminal = is_terminal(run.record.status());
+        let before = run.record.clone();
+        run.record.apply(&fields);
+        let terminal = fields
+            .get("status")
+            .and_then(Value::as_str)
+            .is_some_and(is_terminal);
+        if terminal && !was_terminal {
+            run.before_terminal = Some(before);
+        }
+        let stop = run.stop_requested;
+        let record = run.record.clone();
+        let stored = self.persist(&record, terminal);
+        self.send_frame(&ToWorker::UpdateAck { stop, error: None });
+        if terminal {
+            // Show the terminal state once it is stored; a refused write leaves the
+            // FAILED fallback for `finish` to report.
+            let id = record.id().to_string();
+            ctx.spawn(stored.into_actor(self).map(move |res, act, _| {
+                if let (Ok(Ok(())), Some(run)) = (res, act.running.as_mut()) {
+                    if run.record.id() == id && !run.finishing {
+                        run.before_terminal = None;
+                    }
+                }
+            }));
+        }
+    }
+
     /// Kills the worker when execution `id` has not yielded to its stop within the grace period.
     fn arm_stop_grace(&mut self, id: String, ctx: &mut Context<Self>) {
         ctx.run_later(self.spec.stop_grace, move |act, _| {
             let still = act
                 .running
                 .as_ref()
-                .is_some_and(|r| r.record.execution_id == id && !r.finishing);
+                .is_some_and(|r| r.record.id() == id && !r.finishing);
             // Also when STOPPED is recorded: an algorithm that swallowed the stop would otherwise
             // hold the worker until it ends on its own.
             if still {
@@ -571,17 +618,17 @@ impl Executor {
 }
 
 #[derive(Message)]
-#[rtype(result = "Option<ExecutionRecord>")]
+#[rtype(result = "Option<TaskRecord>")]
 pub struct GetRunningRecord {
-    pub execution_id: String,
+    pub task_id: String,
 }
 
 impl Handler<GetRunningRecord> for Executor {
-    type Result = Option<ExecutionRecord>;
+    type Result = Option<TaskRecord>;
     fn handle(&mut self, m: GetRunningRecord, _: &mut Context<Self>) -> Self::Result {
         self.running
             .as_ref()
-            .filter(|r| r.record.execution_id == m.execution_id)
+            .filter(|r| r.record.id() == m.task_id)
             .map(|r| r.before_terminal.as_ref().unwrap_or(&r.record).clone())
     }
 }
@@ -605,7 +652,7 @@ impl Handler<ShutdownExecutor> for Executor {
 }
 
 struct Persist {
-    record: ExecutionRecord,
+    record: TaskRecord,
     terminal: bool,
     done: Option<oneshot::Sender<Result<(), StorageError>>>,
 }
@@ -613,31 +660,26 @@ struct Persist {
 /// The emergency store keeps FAILED records only (`runtime.md` §12): a terminal state storage
 /// refused becomes the failure the original's `mark_as_failed` would have recorded, so that the
 /// fallback wins over the stale primary record on reads (`rest-api.md` §6.5).
-fn failed_for_storage(record: &ExecutionRecord, error: &StorageError) -> ExecutionRecord {
+fn failed_for_storage(record: &TaskRecord, error: &StorageError) -> TaskRecord {
     let mut failed = record.clone();
-    if failed.status != "FAILED" {
-        failed.log.push_str(&format!(
-            "{} ERROR Task failed: Failed to update task record ({} could not be saved: {error}).\n",
-            log_time_now(),
-            record.status
-        ));
-        failed.extra.insert(
-            "error".into(),
-            json!({
-                "type": "CompoxTaskError",
-                "message": "Failed to update task record.",
-                "code": "task_record_update_failed",
-                "details": {"field": "status"},
-                "retryable": false,
-                "http_status": 500,
-                "cause": {"type": "StorageError", "message": error.to_string()},
-            }),
-        );
+    if record.status() == "FAILED" {
+        failed.fail(Value::Null);
+        return failed;
     }
-    failed.status = "FAILED".into();
-    failed.progress = 1.0;
-    failed.output_dataset_ids = json!([]);
-    failed.time_completed = local_now();
+    failed.push_log(&format!(
+        "{} ERROR Task failed: Failed to update task record ({} could not be saved: {error}).\n",
+        log_time_now(),
+        record.status()
+    ));
+    failed.fail(json!({
+        "type": "CompoxTaskError",
+        "message": "Failed to update task record.",
+        "code": "task_record_update_failed",
+        "details": {"field": "status"},
+        "retryable": false,
+        "http_status": 500,
+        "cause": {"type": "StorageError", "message": error.to_string()},
+    }));
     failed
 }
 
@@ -669,7 +711,7 @@ async fn persister(
                 tokio::select! {
                     _ = tokio::time::sleep_until(deadline) => break,
                     next = rx.recv() => match next {
-                        Some(mut n) if n.record.execution_id == req.record.execution_id => {
+                        Some(mut n) if n.record.id() == req.record.id() => {
                             waiters.push(n.done.take());
                             req = n;
                             if req.terminal { break; }
@@ -685,7 +727,7 @@ async fn persister(
         }
         while carry.is_none() {
             let Ok(mut n) = rx.try_recv() else { break };
-            if n.record.execution_id != req.record.execution_id {
+            if n.record.id() != req.record.id() {
                 carry = Some(n);
                 break;
             }
@@ -694,12 +736,13 @@ async fn persister(
             req = n;
             req.terminal = terminal;
         }
-        let id = req.record.execution_id.clone();
-        let body = Bytes::from(serde_json::to_vec(&req.record).unwrap_or_default());
+        let id = req.record.id().to_string();
+        let collection = req.record.kind().collection();
+        let body = Bytes::from(req.record.to_json());
         let result = flatten(
             storage
                 .send(PutBytes {
-                    collection: EXECUTION_STORE,
+                    collection,
                     key: id.clone(),
                     body,
                 })
@@ -708,24 +751,24 @@ async fn persister(
         match &result {
             Ok(()) if req.terminal => {
                 emergency.do_send(DeleteEmergencyRecord {
-                    collection: EXECUTION_STORE,
+                    collection,
                     id: id.clone(),
                 });
                 if reported.as_deref() != Some(id.as_str()) {
                     reported = Some(id.clone());
-                    tracing::info!(execution_id = %id, algorithm_id = %req.record.algorithm_id, status = %req.record.status, "execution finished");
+                    tracing::info!(task_id = %id, kind = req.record.kind().name(), algorithm_id = %req.record.algorithm_id(), status = %req.record.status(), "task finished");
                 }
             }
             Ok(()) => {}
             Err(e) => {
-                tracing::warn!(execution_id = %id, error = %e, terminal = req.terminal, "execution record write failed");
+                tracing::warn!(task_id = %id, error = %e, terminal = req.terminal, "task record write failed");
                 if req.terminal {
                     let failed = failed_for_storage(&req.record, e);
                     let _ = emergency
                         .send(WriteEmergencyRecord {
-                            collection: EXECUTION_STORE,
+                            collection,
                             id: id.clone(),
-                            record: serde_json::to_value(&failed).unwrap_or_default(),
+                            record: failed.to_value(),
                             error_message: e.to_string(),
                             error_code: e.code().to_string(),
                             retryable: e.retryable(),

@@ -16,18 +16,21 @@
 //! Failure: a panic restarts the pool; executors keep running under their own supervisors, but
 //! the queue is lost, so queued executions are marked FAILED on the next start-up at the latest.
 
+use super::checkpoint_store::load_manifest;
 use super::deployer::{Deployer, ResolveAlgorithm};
 use super::emergency_writer::{EmergencyWriter, ReadEmergencyRecord, WriteEmergencyRecord};
 use super::executor::{
     Executor, GetRunningRecord, RunExecution, ShutdownExecutor, StopNotice, WorkerInfo, WorkerSpec,
 };
+use super::sample_store::check_training_samples;
 use super::stop_registry::{ClearStop, RequestStop, StopRegistry};
 use super::storage_gateway::{
     flatten, DeleteObject, Exists, GetBytes, ListObjects, PutBytes, StorageGateway,
 };
-use crate::errors::{ApiError, ExecutionError};
+use crate::errors::{ApiError, BenchmarkError, CheckpointError, ExecutionError, TrainingError};
 use crate::records::{
-    is_terminal, local_now, log_time_now, uuid1, ExecutionRecord, STOPPABLE_STATUSES,
+    is_terminal, local_now, log_time_now, uuid1, BenchmarkRecord, ExecutionRecord, TaskKind,
+    TaskRecord, TrainingRecord, STOPPABLE_STATUSES,
 };
 use crate::storage::{StorageError, DATA_STORE, EXECUTION_STORE};
 use actix::prelude::*;
@@ -60,7 +63,7 @@ pub struct ExecutorPool {
     emergency: Addr<EmergencyWriter>,
     config: PoolConfig,
     slots: Vec<Slot>,
-    queue: VecDeque<ExecutionRecord>,
+    queue: VecDeque<TaskRecord>,
     running: HashMap<String, usize>,
     sessions: HashMap<String, usize>,
     session_order: VecDeque<String>,
@@ -103,7 +106,7 @@ impl ExecutorPool {
     fn dispatch(&mut self) {
         let mut i = 0;
         while i < self.queue.len() {
-            let token = self.queue[i].session_token.clone();
+            let token = self.queue[i].session_token().map(str::to_string);
             let free = |s: &Slot| s.ready && s.busy.is_none();
             let target = match token.as_deref().and_then(|t| self.sessions.get(t).copied()) {
                 Some(idx) => self.slots.get(idx).filter(|s| free(s)).map(|_| idx),
@@ -116,10 +119,12 @@ impl ExecutorPool {
             let Some(mut record) = self.queue.remove(i) else {
                 break;
             };
-            let token = record.session_token.get_or_insert_with(uuid1).clone();
-            self.remember_session(&token, idx);
-            self.slots[idx].busy = Some(record.execution_id.clone());
-            self.running.insert(record.execution_id.clone(), idx);
+            if let TaskRecord::Execution(r) = &mut record {
+                let token = r.session_token.get_or_insert_with(uuid1).clone();
+                self.remember_session(&token, idx);
+            }
+            self.slots[idx].busy = Some(record.id().to_string());
+            self.running.insert(record.id().to_string(), idx);
             let addr = self.slots[idx].addr.clone();
             let deployer = self.deployer.clone();
             let gpu = self.config.gpu_available;
@@ -127,16 +132,16 @@ impl ExecutorPool {
             actix::spawn(async move {
                 let algorithm = deployer
                     .send(ResolveAlgorithm {
-                        algorithm_id: record.algorithm_id.clone(),
+                        algorithm_id: record.algorithm_id().to_string(),
                     })
                     .await
                     .ok()
-                    .flatten()
-                    .map(|(_, r)| r);
+                    .flatten();
                 let job = json!({
-                    "kind": "execution",
-                    "record": record,
-                    "algorithm_record": algorithm,
+                    "kind": record.kind().name(),
+                    "record": record.to_value(),
+                    "algorithm_key": algorithm.as_ref().map(|(k, _)| k.clone()),
+                    "algorithm_record": algorithm.map(|(_, r)| r),
                     "gpu_available": gpu,
                     "mps_available": false,
                     "cache_maxsize": cache,
@@ -146,67 +151,71 @@ impl ExecutorPool {
         }
     }
 
+    /// Marks tasks a previous process left PENDING/STARTED/RUNNING as FAILED (executions,
+    /// trainings and benchmarks alike; the original leaves trainings and benchmarks hanging).
     fn recover(&mut self, ctx: &mut Context<Self>) {
         let storage = self.storage.clone();
         let fut = async move {
-            let items = flatten(
-                storage
-                    .send(ListObjects {
-                        collection: EXECUTION_STORE,
-                    })
-                    .await,
-            )?;
             let mut failed = 0;
-            for info in items {
-                let Ok(bytes) = flatten(
-                    storage
-                        .send(GetBytes {
-                            collection: EXECUTION_STORE,
-                            key: info.key.clone(),
-                        })
-                        .await,
-                ) else {
-                    continue;
-                };
-                let Ok(mut rec) = serde_json::from_slice::<ExecutionRecord>(&bytes) else {
-                    continue;
-                };
-                if is_terminal(&rec.status) {
-                    continue;
-                }
-                rec.log.push_str(&format!(
-                    "{} ERROR The server stopped before this execution finished (it was {}).\n",
-                    log_time_now(),
-                    rec.status
-                ));
-                rec.status = "FAILED".into();
-                rec.progress = 1.0;
-                rec.output_dataset_ids = json!([]);
-                rec.time_completed = local_now();
-                rec.extra.insert("error".into(), json!({"type": "ServerRestarted", "message": "The server stopped before the execution finished.", "code": "server_restarted"}));
-                let body = Bytes::from(serde_json::to_vec(&rec).unwrap_or_default());
-                flatten(
-                    storage
-                        .send(PutBytes {
-                            collection: EXECUTION_STORE,
-                            key: info.key,
-                            body,
-                        })
-                        .await,
-                )?;
-                failed += 1;
+            for kind in [TaskKind::Execution, TaskKind::Training, TaskKind::Benchmark] {
+                failed += recover_kind(&storage, kind).await?;
             }
             Ok::<_, StorageError>(failed)
         };
         ctx.wait(fut.into_actor(self).map(|res, _, _| match res {
             Ok(0) => {}
             Ok(n) => tracing::warn!(
-                executions = n,
-                "marked executions left unfinished by a previous run as FAILED"
+                tasks = n,
+                "marked tasks left unfinished by a previous run as FAILED"
             ),
-            Err(e) => tracing::error!(error = %e, "cannot check for unfinished executions"),
+            Err(e) => tracing::error!(error = %e, "cannot check for unfinished tasks"),
         }));
     }
+}
+
+async fn recover_kind(
+    storage: &Addr<StorageGateway>,
+    kind: TaskKind,
+) -> Result<usize, StorageError> {
+    let collection = kind.collection();
+    let items = flatten(storage.send(ListObjects { collection }).await)?;
+    let mut failed = 0;
+    for info in items {
+        let Ok(bytes) = flatten(
+            storage
+                .send(GetBytes {
+                    collection,
+                    key: info.key.clone(),
+                })
+                .await,
+        ) else {
+            continue;
+        };
+        let Ok(mut rec) = TaskRecord::parse(kind, &bytes) else {
+            continue;
+        };
+        if is_terminal(rec.status()) {
+            continue;
+        }
+        rec.push_log(&format!(
+            "{} ERROR The server stopped before this {} finished (it was {}).\n",
+            log_time_now(),
+            kind.name(),
+            rec.status()
+        ));
+        rec.fail(json!({"type": "ServerRestarted", "message": format!("The server stopped before the {} finished.", kind.name()), "code": "server_restarted"}));
+        flatten(
+            storage
+                .send(PutBytes {
+                    collection,
+                    key: info.key,
+                    body: Bytes::from(rec.to_json()),
+                })
+                .await,
+        )?;
+        failed += 1;
+    }
+    Ok(failed)
 }
 
 impl Actor for ExecutorPool {
@@ -216,9 +225,15 @@ impl Actor for ExecutorPool {
         self.recover(ctx);
         let me = ctx.address();
         for (i, spec) in self.config.workers.clone().into_iter().enumerate() {
-            let (pool, storage, emergency) =
-                (me.clone(), self.storage.clone(), self.emergency.clone());
-            let addr = Supervisor::start(move |_| Executor::new(i, pool, storage, emergency, spec));
+            let (pool, deployer, storage, emergency) = (
+                me.clone(),
+                self.deployer.clone(),
+                self.storage.clone(),
+                self.emergency.clone(),
+            );
+            let addr = Supervisor::start(move |_| {
+                Executor::new(i, pool, deployer, storage, emergency, spec)
+            });
             self.slots.push(Slot {
                 addr,
                 ready: false,
@@ -234,7 +249,7 @@ impl Supervised for ExecutorPool {
     fn restarting(&mut self, _: &mut Context<Self>) {
         tracing::warn!(actor = NAME, "restarting; queued executions are dropped");
         for rec in self.queue.drain(..) {
-            tracing::warn!(execution_id = %rec.execution_id, "queued execution lost in a pool restart");
+            tracing::warn!(task_id = %rec.id(), "queued task lost in a pool restart");
         }
     }
 }
@@ -284,13 +299,13 @@ impl Handler<ExecutorDown> for ExecutorPool {
 #[rtype(result = "()")]
 pub struct ExecutionFinished {
     pub index: usize,
-    pub record: ExecutionRecord,
+    pub record: TaskRecord,
 }
 
 impl Handler<ExecutionFinished> for ExecutorPool {
     type Result = ();
     fn handle(&mut self, m: ExecutionFinished, _: &mut Context<Self>) {
-        let id = m.record.execution_id.clone();
+        let id = m.record.id().to_string();
         if let Some(slot) = self.slots.get_mut(m.index) {
             if slot.busy.as_deref() == Some(id.as_str()) {
                 slot.busy = None;
@@ -303,6 +318,58 @@ impl Handler<ExecutionFinished> for ExecutorPool {
 }
 
 // --- from the HTTP layer -------------------------------------------------------------------
+
+/// Writes a PENDING record; when storage refuses it, a FAILED emergency record takes its place
+/// and the task is not dispatched (`runtime.md` §9.1, `training.md` §3.1 step 5, §5.1 step 2).
+async fn store_pending(
+    storage: &Addr<StorageGateway>,
+    emergency: &Addr<EmergencyWriter>,
+    record: &TaskRecord,
+) -> bool {
+    let kind = record.kind();
+    let put = flatten(
+        storage
+            .send(PutBytes {
+                collection: kind.collection(),
+                key: record.id().to_string(),
+                body: Bytes::from(record.to_json()),
+            })
+            .await,
+    );
+    let Err(e) = put else {
+        return true;
+    };
+    let mut failed = record.clone();
+    failed.mark_unsaved(format!("Failed to save {} record: {e}", kind.name()));
+    let _ = emergency
+        .send(WriteEmergencyRecord {
+            collection: kind.collection(),
+            id: record.id().to_string(),
+            record: failed.to_value(),
+            error_message: e.to_string(),
+            error_code: e.code().to_string(),
+            retryable: e.retryable(),
+        })
+        .await;
+    false
+}
+
+impl ExecutorPool {
+    /// Queues an accepted task (when its PENDING record was stored) and returns its id.
+    fn accept(
+        &mut self,
+        accepted: Result<(TaskRecord, bool), ApiError>,
+    ) -> Result<String, ApiError> {
+        let (record, dispatch) = accepted?;
+        let id = record.id().to_string();
+        tracing::info!(task_id = %id, kind = record.kind().name(), algorithm_id = %record.algorithm_id(), "task accepted");
+        if dispatch {
+            self.queue.push_back(record);
+            self.dispatch();
+        }
+        Ok(id)
+    }
+}
 
 /// X1 with a validated body.
 #[derive(Message)]
@@ -360,7 +427,7 @@ impl Handler<SubmitExecution> for ExecutorPool {
             {
                 return Err(ExecutionError::AlgorithmNotFound { algorithm_id }.into());
             }
-            let record = ExecutionRecord {
+            let record = TaskRecord::Execution(ExecutionRecord {
                 execution_id: uuid1(),
                 algorithm_id,
                 checkpoint_id: get_str("checkpoint_id"),
@@ -381,60 +448,169 @@ impl Handler<SubmitExecution> for ExecutorPool {
                 time_completed: String::new(),
                 log: String::new(),
                 extra: Map::new(),
-            };
-            let bytes = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
-            let put = flatten(
-                storage
-                    .send(PutBytes {
-                        collection: EXECUTION_STORE,
-                        key: record.execution_id.clone(),
-                        body: bytes,
-                    })
-                    .await,
-            );
-            if let Err(e) = put {
-                let mut failed = record.clone();
-                failed.status = "FAILED".into();
-                failed.progress = 1.0;
-                failed.time_completed = local_now();
-                failed.log = format!("Failed to save execution record: {e}");
-                let _ = emergency
-                    .send(WriteEmergencyRecord {
-                        collection: EXECUTION_STORE,
-                        id: record.execution_id.clone(),
-                        record: serde_json::to_value(&failed).unwrap_or_default(),
-                        error_message: e.to_string(),
-                        error_code: e.code().to_string(),
-                        retryable: e.retryable(),
-                    })
-                    .await;
-                return Ok((record, false));
-            }
-            Ok((record, true))
+            });
+            let dispatch = store_pending(&storage, &emergency, &record).await;
+            Ok((record, dispatch))
         };
-        Box::pin(fut.into_actor(self).map(|res, act, _| {
-            let (record, dispatch) = res?;
-            let id = record.execution_id.clone();
-            tracing::info!(execution_id = %id, algorithm_id = %record.algorithm_id, "execution accepted");
-            if dispatch {
-                act.queue.push_back(record);
-                act.dispatch();
+        Box::pin(fut.into_actor(self).map(|res, act, _| act.accept(res)))
+    }
+}
+
+/// B1 with a validated body (`training.md` §5.1).
+#[derive(Message)]
+#[rtype(result = "Result<String, ApiError>")]
+pub struct SubmitBenchmark {
+    pub algorithm_id: String,
+    pub additional_parameters: Map<String, Value>,
+}
+
+impl Handler<SubmitBenchmark> for ExecutorPool {
+    type Result = ResponseActFuture<Self, Result<String, ApiError>>;
+    fn handle(&mut self, m: SubmitBenchmark, _: &mut Context<Self>) -> Self::Result {
+        let (storage, deployer, emergency) = (
+            self.storage.clone(),
+            self.deployer.clone(),
+            self.emergency.clone(),
+        );
+        let fut = async move {
+            let algorithm_id = m.algorithm_id;
+            if deployer
+                .send(ResolveAlgorithm {
+                    algorithm_id: algorithm_id.clone(),
+                })
+                .await?
+                .is_none()
+            {
+                return Err(BenchmarkError::AlgorithmNotFound { algorithm_id }.into());
             }
-            Ok(id)
-        }))
+            let record = TaskRecord::Benchmark(BenchmarkRecord {
+                benchmark_id: uuid1(),
+                algorithm_id,
+                additional_parameters: m.additional_parameters,
+                status: "PENDING".into(),
+                time_started: local_now(),
+                time_completed: String::new(),
+                log: String::new(),
+                data: Map::new(),
+                extra: Map::new(),
+            });
+            let dispatch = store_pending(&storage, &emergency, &record).await;
+            Ok((record, dispatch))
+        };
+        Box::pin(fut.into_actor(self).map(|res, act, _| act.accept(res)))
+    }
+}
+
+/// T1 with a validated body (`training.md` §3.1). Beyond the original's checks, empty
+/// `training_data`, an unknown or foreign `checkpoint_id` and an unknown minor version are
+/// refused here instead of failing later in the worker (the spec's allowed improvement).
+#[derive(Message)]
+#[rtype(result = "Result<String, ApiError>")]
+pub struct SubmitTraining {
+    pub body: Map<String, Value>,
+}
+
+impl Handler<SubmitTraining> for ExecutorPool {
+    type Result = ResponseActFuture<Self, Result<String, ApiError>>;
+    fn handle(&mut self, m: SubmitTraining, _: &mut Context<Self>) -> Self::Result {
+        let (storage, deployer, emergency) = (
+            self.storage.clone(),
+            self.deployer.clone(),
+            self.emergency.clone(),
+        );
+        let fut = async move {
+            let body = m.body;
+            let get_str = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
+            let strings = |k: &str| -> Vec<String> {
+                body.get(k)
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            };
+            let training_data = strings("training_data");
+            if training_data.is_empty() {
+                return Err(TrainingError::NoTrainingData.into());
+            }
+            check_training_samples(&storage, &training_data).await?;
+
+            let algorithm_id = get_str("algorithm_id").unwrap_or_default();
+            let Some((_, algorithm)) = deployer
+                .send(ResolveAlgorithm {
+                    algorithm_id: algorithm_id.clone(),
+                })
+                .await?
+            else {
+                return Err(TrainingError::AlgorithmNotFound { algorithm_id }.into());
+            };
+            let minor = get_str("algorithm_minor_version");
+            if let Some(minor) = &minor {
+                if algorithm["algorithm_minor_version"].get(minor).is_none() {
+                    return Err(TrainingError::MinorNotFound {
+                        algorithm_id,
+                        algorithm_minor_version: minor.clone(),
+                    }
+                    .into());
+                }
+            }
+            let checkpoint_id = get_str("checkpoint_id");
+            if let Some(cp) = &checkpoint_id {
+                let manifest = load_manifest(&storage, cp).await.map_err(|e| match e {
+                    CheckpointError::NotFound { .. } => TrainingError::CheckpointNotFound {
+                        checkpoint_id: cp.clone(),
+                    }
+                    .into(),
+                    other => ApiError::from(other),
+                })?;
+                if manifest.parent_algorithm_id != algorithm_id {
+                    return Err(TrainingError::CheckpointIncompatible {
+                        checkpoint_id: cp.clone(),
+                        parent_algorithm_id: manifest.parent_algorithm_id,
+                        algorithm_id,
+                    }
+                    .into());
+                }
+            }
+
+            let record = TaskRecord::Training(TrainingRecord {
+                training_id: uuid1(),
+                algorithm_id,
+                status: "PENDING".into(),
+                progress: 0.0,
+                time_started: local_now(),
+                time_completed: None,
+                log: Some(String::new()),
+                training_data,
+                additional_parameters: body
+                    .get("additional_parameters")
+                    .and_then(Value::as_object)
+                    .cloned(),
+                state: json!({}),
+                tags: strings("tags"),
+                checkpoint_id,
+                algorithm_minor_version: minor,
+                output_checkpoint_ids: Vec::new(),
+                extra: Map::new(),
+            });
+            let dispatch = store_pending(&storage, &emergency, &record).await;
+            Ok((record, dispatch))
+        };
+        Box::pin(fut.into_actor(self).map(|res, act, _| act.accept(res)))
     }
 }
 
 /// Where a record currently lives.
 enum Found {
-    Queued(Box<ExecutionRecord>),
+    Queued(Box<TaskRecord>),
     Running(Addr<Executor>),
     Stored,
 }
 
 impl ExecutorPool {
     fn locate(&self, id: &str) -> Found {
-        if let Some(r) = self.queue.iter().find(|r| r.execution_id == id) {
+        if let Some(r) = self.queue.iter().find(|r| r.id() == id) {
             return Found::Queued(Box::new(r.clone()));
         }
         if let Some(idx) = self.running.get(id) {
@@ -444,141 +620,180 @@ impl ExecutorPool {
     }
 }
 
-/// Reads a record from storage with the emergency precedence of `rest-api.md` §6.5.
+fn record_not_found(kind: TaskKind, id: &str) -> ApiError {
+    let id = id.to_string();
+    match kind {
+        TaskKind::Execution => ExecutionError::RecordNotFound { execution_id: id }.into(),
+        TaskKind::Training => TrainingError::RecordNotFound { training_id: id }.into(),
+        TaskKind::Benchmark => BenchmarkError::RecordNotFound { benchmark_id: id }.into(),
+    }
+}
+
+fn record_read_failed(kind: TaskKind, id: &str, message: String) -> ApiError {
+    let id = id.to_string();
+    match kind {
+        TaskKind::Execution => ExecutionError::RecordReadFailed {
+            execution_id: id,
+            message,
+        }
+        .into(),
+        TaskKind::Training => TrainingError::RecordReadFailed {
+            training_id: id,
+            message,
+        }
+        .into(),
+        TaskKind::Benchmark => BenchmarkError::RecordReadFailed {
+            benchmark_id: id,
+            message,
+        }
+        .into(),
+    }
+}
+
+/// Reads a record from storage with the emergency precedence of `rest-api.md` §6.5: a FAILED
+/// fallback wins over a primary that is not terminal.
 async fn read_stored(
     storage: &Addr<StorageGateway>,
     emergency: &Addr<EmergencyWriter>,
+    kind: TaskKind,
     id: &str,
 ) -> Result<Value, ApiError> {
     let fb = emergency
         .send(ReadEmergencyRecord {
-            collection: EXECUTION_STORE,
+            collection: kind.collection(),
             id: id.to_string(),
         })
         .await
         .ok()
         .flatten();
-    let fb_record = fb.and_then(|v| serde_json::from_value::<ExecutionRecord>(v).ok());
-    let not_found = || {
-        ApiError::from(ExecutionError::RecordNotFound {
-            execution_id: id.to_string(),
-        })
-    };
-    let read_failed = |message: String| {
-        ApiError::from(ExecutionError::RecordReadFailed {
-            execution_id: id.to_string(),
-            message,
-        })
-    };
+    let fb_record = fb.and_then(|v| TaskRecord::from_value(kind, v).ok());
     match flatten(
         storage
             .send(GetBytes {
-                collection: EXECUTION_STORE,
+                collection: kind.collection(),
                 key: id.to_string(),
             })
             .await,
     ) {
-        Ok(bytes) => match serde_json::from_slice::<ExecutionRecord>(&bytes) {
+        Ok(bytes) => match TaskRecord::parse(kind, &bytes) {
             Ok(primary) => match fb_record {
-                Some(fb) if fb.status == "FAILED" && !is_terminal(&primary.status) => {
+                Some(fb) if fb.status() == "FAILED" && !is_terminal(primary.status()) => {
                     Ok(fb.to_api())
                 }
                 _ => Ok(primary.to_api()),
             },
             Err(e) => fb_record
                 .map(|f| f.to_api())
-                .ok_or_else(|| read_failed(e.to_string())),
+                .ok_or_else(|| record_read_failed(kind, id, e.to_string())),
         },
-        Err(StorageError::NotFound { .. }) | Err(StorageError::InvalidKey { .. }) => {
-            fb_record.map(|f| f.to_api()).ok_or_else(not_found)
-        }
+        Err(StorageError::NotFound { .. }) | Err(StorageError::InvalidKey { .. }) => fb_record
+            .map(|f| f.to_api())
+            .ok_or_else(|| record_not_found(kind, id)),
         Err(e) => fb_record
             .map(|f| f.to_api())
-            .ok_or_else(|| read_failed(e.to_string())),
+            .ok_or_else(|| record_read_failed(kind, id, e.to_string())),
     }
 }
 
-/// X3.
+/// The freshest copy of a task's record: queued, running, else stored.
+async fn current_record(
+    found: &Found,
+    storage: &Addr<StorageGateway>,
+    emergency: &Addr<EmergencyWriter>,
+    kind: TaskKind,
+    id: &str,
+) -> Result<Value, ApiError> {
+    match found {
+        Found::Queued(r) if r.kind() == kind => Ok(r.to_api()),
+        Found::Running(addr) => match addr
+            .send(GetRunningRecord {
+                task_id: id.to_string(),
+            })
+            .await?
+        {
+            Some(r) if r.kind() == kind => Ok(r.to_api()),
+            _ => read_stored(storage, emergency, kind, id).await,
+        },
+        _ => read_stored(storage, emergency, kind, id).await,
+    }
+}
+
+/// X3, T2, B2.
 #[derive(Message)]
 #[rtype(result = "Result<Value, ApiError>")]
-pub struct GetExecution {
-    pub execution_id: String,
+pub struct GetTask {
+    pub kind: TaskKind,
+    pub task_id: String,
 }
 
-impl Handler<GetExecution> for ExecutorPool {
+impl Handler<GetTask> for ExecutorPool {
     type Result = ResponseFuture<Result<Value, ApiError>>;
-    fn handle(&mut self, m: GetExecution, _: &mut Context<Self>) -> Self::Result {
-        let found = self.locate(&m.execution_id);
+    fn handle(&mut self, m: GetTask, _: &mut Context<Self>) -> Self::Result {
+        let found = self.locate(&m.task_id);
         let (storage, emergency) = (self.storage.clone(), self.emergency.clone());
-        Box::pin(async move {
-            match found {
-                Found::Queued(r) => Ok(r.to_api()),
-                Found::Running(addr) => match addr
-                    .send(GetRunningRecord {
-                        execution_id: m.execution_id.clone(),
-                    })
-                    .await?
-                {
-                    Some(r) => Ok(r.to_api()),
-                    None => read_stored(&storage, &emergency, &m.execution_id).await,
-                },
-                Found::Stored => read_stored(&storage, &emergency, &m.execution_id).await,
-            }
-        })
+        Box::pin(
+            async move { current_record(&found, &storage, &emergency, m.kind, &m.task_id).await },
+        )
     }
 }
 
-/// X2.
+/// X2, T3. Trainings must have a stored record (the emergency store is not consulted, §3.1).
 #[derive(Message)]
 #[rtype(result = "Result<(), ApiError>")]
-pub struct StopExecution {
-    pub execution_id: String,
+pub struct StopTask {
+    pub kind: TaskKind,
+    pub task_id: String,
 }
 
-impl Handler<StopExecution> for ExecutorPool {
+impl Handler<StopTask> for ExecutorPool {
     type Result = ResponseActFuture<Self, Result<(), ApiError>>;
-    fn handle(&mut self, m: StopExecution, _: &mut Context<Self>) -> Self::Result {
-        let found = self.locate(&m.execution_id);
+    fn handle(&mut self, m: StopTask, _: &mut Context<Self>) -> Self::Result {
+        let found = self.locate(&m.task_id);
         let (storage, emergency, stops) = (
             self.storage.clone(),
             self.emergency.clone(),
             self.stops.clone(),
         );
-        let id = m.execution_id.clone();
+        let (id, kind) = (m.task_id.clone(), m.kind);
         let fut = async move {
-            let current = match &found {
-                Found::Queued(r) => r.to_api(),
-                Found::Running(addr) => match addr
-                    .send(GetRunningRecord {
-                        execution_id: id.clone(),
-                    })
-                    .await?
-                {
-                    Some(r) => r.to_api(),
-                    None => read_stored(&storage, &emergency, &id).await?,
-                },
-                Found::Stored => read_stored(&storage, &emergency, &id).await?,
-            };
+            let current = current_record(&found, &storage, &emergency, kind, &id).await?;
             let status = current["status"]
                 .as_str()
                 .unwrap_or_default()
                 .to_ascii_uppercase();
             if !STOPPABLE_STATUSES.contains(&status.as_str()) {
-                return Err(ExecutionError::NotStoppable {
-                    execution_id: id,
-                    status,
-                }
-                .into());
+                return Err(match kind {
+                    TaskKind::Training => TrainingError::NotStoppable {
+                        training_id: id,
+                        status,
+                    }
+                    .into(),
+                    _ => ExecutionError::NotStoppable {
+                        execution_id: id,
+                        status,
+                    }
+                    .into(),
+                });
             }
-            stops
+            let stored = stops
                 .send(RequestStop {
                     task_id: id.clone(),
                 })
-                .await?
-                .map_err(|e| ExecutionError::StopRequestFailed {
-                    execution_id: id.clone(),
-                    message: e.to_string(),
-                })?;
+                .await?;
+            stored.map_err(|e| -> ApiError {
+                match kind {
+                    TaskKind::Training => TrainingError::StopRequestFailed {
+                        training_id: id.clone(),
+                        message: e.to_string(),
+                    }
+                    .into(),
+                    _ => ExecutionError::StopRequestFailed {
+                        execution_id: id.clone(),
+                        message: e.to_string(),
+                    }
+                    .into(),
+                }
+            })?;
             Ok(found)
         };
         Box::pin(
@@ -586,47 +801,47 @@ impl Handler<StopExecution> for ExecutorPool {
                 .map(move |res: Result<Found, ApiError>, act, _| {
                     match res? {
                         Found::Running(addr) => addr.do_send(StopNotice {
-                            execution_id: m.execution_id.clone(),
+                            task_id: m.task_id.clone(),
                         }),
-                        Found::Queued(_) => {
-                            // Dispatched while the stop request was being written.
-                            if let Some(idx) = act.running.get(&m.execution_id) {
-                                act.slots[*idx].addr.do_send(StopNotice {
-                                    execution_id: m.execution_id.clone(),
-                                });
-                            }
-                            // Stopped before it ran: the first record write of a task would notice.
-                            if let Some(pos) = act
-                                .queue
-                                .iter()
-                                .position(|r| r.execution_id == m.execution_id)
-                            {
-                                if let Some(mut rec) = act.queue.remove(pos) {
-                                    rec.status = "STOPPED".into();
-                                    rec.time_completed = local_now();
-                                    rec.log.push_str(&format!(
-                                        "{} INFO Received stop request. Stopping task.\n",
-                                        log_time_now()
-                                    ));
-                                    let body =
-                                        Bytes::from(serde_json::to_vec(&rec).unwrap_or_default());
-                                    act.storage.do_send(PutBytes {
-                                        collection: EXECUTION_STORE,
-                                        key: rec.execution_id.clone(),
-                                        body,
-                                    });
-                                    act.stops.do_send(ClearStop {
-                                        task_id: rec.execution_id,
-                                    });
-                                }
-                            }
-                        }
+                        Found::Queued(_) => act.stop_queued(&m.task_id),
                         Found::Stored => {}
                     }
-                    tracing::info!(execution_id = %m.execution_id, "stop requested");
+                    tracing::info!(task_id = %m.task_id, kind = m.kind.name(), "stop requested");
                     Ok(())
                 }),
         )
+    }
+}
+
+impl ExecutorPool {
+    /// A stop for a task that was queued when the request arrived.
+    fn stop_queued(&mut self, id: &str) {
+        // Dispatched while the stop request was being written.
+        if let Some(idx) = self.running.get(id) {
+            self.slots[*idx].addr.do_send(StopNotice {
+                task_id: id.to_string(),
+            });
+        }
+        // Stopped before it ran: the first record write of a task would notice.
+        let Some(pos) = self.queue.iter().position(|r| r.id() == id) else {
+            return;
+        };
+        let Some(mut rec) = self.queue.remove(pos) else {
+            return;
+        };
+        rec.push_log(&format!(
+            "{} INFO Received stop request. Stopping task.\n",
+            log_time_now()
+        ));
+        rec.stop();
+        self.storage.do_send(PutBytes {
+            collection: rec.kind().collection(),
+            key: rec.id().to_string(),
+            body: Bytes::from(rec.to_json()),
+        });
+        self.stops.do_send(ClearStop {
+            task_id: rec.id().to_string(),
+        });
     }
 }
 

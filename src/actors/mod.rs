@@ -6,11 +6,13 @@
 //! state rebuilt in `Supervised::restarting`.
 
 pub mod bundle_importer;
+pub mod checkpoint_store;
 pub mod deployer;
 pub mod emergency_writer;
 pub mod executor;
 pub mod executor_pool;
 pub mod minio_supervisor;
+pub mod sample_store;
 pub mod stop_registry;
 pub mod storage_gateway;
 

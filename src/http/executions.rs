@@ -3,9 +3,10 @@
 use super::json_body::{parse_object, Field, FieldType};
 use super::AppState;
 use crate::actors::executor_pool::{
-    DeleteExecutions, GetExecution, ListExecutions, StopExecution, SubmitExecution,
+    DeleteExecutions, GetTask, ListExecutions, StopTask, SubmitExecution,
 };
 use crate::errors::ApiError;
+use crate::records::TaskKind;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
@@ -72,8 +73,9 @@ pub async fn get_execution(
 ) -> Result<HttpResponse, ApiError> {
     let record = state
         .pool
-        .send(GetExecution {
-            execution_id: id.into_inner(),
+        .send(GetTask {
+            kind: TaskKind::Execution,
+            task_id: id.into_inner(),
         })
         .await??;
     Ok(HttpResponse::Ok().json(record))
@@ -85,8 +87,9 @@ pub async fn stop_execution(
 ) -> Result<HttpResponse, ApiError> {
     state
         .pool
-        .send(StopExecution {
-            execution_id: id.into_inner(),
+        .send(StopTask {
+            kind: TaskKind::Execution,
+            task_id: id.into_inner(),
         })
         .await??;
     Ok(HttpResponse::Ok().json(json!({ "detail": "Stop request posted successfully" })))

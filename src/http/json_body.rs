@@ -11,6 +11,8 @@ pub enum FieldType {
     Str,
     StrList,
     Object,
+    /// A list of objects whose values are string lists (`IncomingSampleRequest.files`).
+    EntryList,
 }
 
 pub struct Field {
@@ -103,7 +105,41 @@ fn check_type(f: &Field, v: &Value, errors: &mut Vec<Value>) {
                 "type": "list_type", "loc": ["body", f.name], "msg": "Input should be a valid list", "input": v,
             })),
         },
+        FieldType::EntryList => check_entry_list(f.name, v, errors),
         _ => {}
+    }
+}
+
+fn check_entry_list(name: &str, v: &Value, errors: &mut Vec<Value>) {
+    let Value::Array(entries) = v else {
+        errors.push(json!({
+            "type": "list_type", "loc": ["body", name], "msg": "Input should be a valid list", "input": v,
+        }));
+        return;
+    };
+    for (i, entry) in entries.iter().enumerate() {
+        let Value::Object(map) = entry else {
+            errors.push(json!({
+                "type": "dict_type", "loc": ["body", name, i], "msg": "Input should be a valid dictionary", "input": entry,
+            }));
+            continue;
+        };
+        for (key, ids) in map {
+            let Value::Array(items) = ids else {
+                errors.push(json!({
+                    "type": "list_type", "loc": ["body", name, i, key], "msg": "Input should be a valid list", "input": ids,
+                }));
+                continue;
+            };
+            for (j, item) in items.iter().enumerate() {
+                if !item.is_string() {
+                    errors.push(json!({
+                        "type": "string_type", "loc": ["body", name, i, key, j],
+                        "msg": "Input should be a valid string", "input": item,
+                    }));
+                }
+            }
+        }
     }
 }
 

@@ -2,6 +2,8 @@
 //! the reply. No storage call and no Python happens here.
 
 pub mod algorithms;
+pub mod benchmarks;
+pub mod checkpoints;
 pub mod cors;
 pub mod deploy;
 pub mod errors;
@@ -12,9 +14,12 @@ pub mod openapi;
 mod pyjson;
 pub mod root;
 pub mod routes;
+pub mod samples;
+pub mod training;
 
 use crate::actors::{
-    deployer::Deployer, executor_pool::ExecutorPool, storage_gateway::StorageGateway,
+    checkpoint_store::CheckpointStore, deployer::Deployer, executor_pool::ExecutorPool,
+    sample_store::SampleStore, storage_gateway::StorageGateway,
 };
 use crate::config::Settings;
 use crate::storage::filesystem::UrlSigner;
@@ -32,6 +37,8 @@ pub struct AppState {
     pub storage: Addr<StorageGateway>,
     pub deployer: Addr<Deployer>,
     pub pool: Addr<ExecutorPool>,
+    pub samples: Addr<SampleStore>,
+    pub checkpoints: Addr<CheckpointStore>,
     pub signer: UrlSigner,
     /// GPU count from the one `nvidia-smi` probe at start-up.
     pub gpu_count: Option<usize>,
@@ -119,6 +126,58 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/api/v0/executions/{id}/stop")
             .route(web::post().to(executions::stop_execution))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/api/v0/train-algorithm")
+            .route(web::post().to(training::train_algorithm))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/api/v0/training/{training_id}")
+            .route(web::get().to(training::get_training))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/api/v0/training/{training_id}/stop")
+            .route(web::post().to(training::stop_training))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/api/v0/benchmark-algorithm")
+            .route(web::post().to(benchmarks::benchmark_algorithm))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/api/v0/benchmarks/{benchmark_id}")
+            .route(web::get().to(benchmarks::get_benchmark))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/api/v0/sample")
+            .route(web::post().to(samples::save_sample))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/api/v0/sample/all")
+            .route(web::get().to(samples::list_samples))
+            .default_service(web::to(samples::delete_sample_all)),
+    )
+    .service(
+        web::resource("/api/v0/sample/{sample_id}")
+            .route(web::get().to(samples::get_sample))
+            .route(web::delete().to(samples::delete_sample))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/api/v0/checkpoint/all")
+            .route(web::get().to(checkpoints::list_checkpoints))
+            .default_service(web::to(checkpoints::delete_checkpoint_all)),
+    )
+    .service(
+        web::resource("/api/v0/checkpoint/{checkpoint_id}")
+            .route(web::get().to(checkpoints::get_checkpoint))
+            .route(web::delete().to(checkpoints::delete_checkpoint))
             .default_service(na()),
     )
     .service(

@@ -109,6 +109,78 @@ const OPERATIONS: &[(&str, &str, &str, &str)] = &[
         "file-controller",
         "Delete an object",
     ),
+    (
+        "/api/v0/sample",
+        "post",
+        "sample-controller",
+        "Save a sample",
+    ),
+    (
+        "/api/v0/sample/all",
+        "get",
+        "sample-controller",
+        "List samples",
+    ),
+    (
+        "/api/v0/sample/{sample_id}",
+        "get",
+        "sample-controller",
+        "Get a sample",
+    ),
+    (
+        "/api/v0/sample/{sample_id}",
+        "delete",
+        "sample-controller",
+        "Delete a sample",
+    ),
+    (
+        "/api/v0/train-algorithm",
+        "post",
+        "training-controller",
+        "Submit a training",
+    ),
+    (
+        "/api/v0/training/{training_id}",
+        "get",
+        "training-controller",
+        "Get a training record",
+    ),
+    (
+        "/api/v0/training/{training_id}/stop",
+        "post",
+        "training-controller",
+        "Stop a training",
+    ),
+    (
+        "/api/v0/checkpoint/all",
+        "get",
+        "checkpoint-controller",
+        "List checkpoints",
+    ),
+    (
+        "/api/v0/checkpoint/{checkpoint_id}",
+        "get",
+        "checkpoint-controller",
+        "Get a checkpoint",
+    ),
+    (
+        "/api/v0/checkpoint/{checkpoint_id}",
+        "delete",
+        "checkpoint-controller",
+        "Delete a checkpoint",
+    ),
+    (
+        "/api/v0/benchmark-algorithm",
+        "post",
+        "benchmark-controller",
+        "Submit a benchmark",
+    ),
+    (
+        "/api/v0/benchmarks/{benchmark_id}",
+        "get",
+        "benchmark-controller",
+        "Get a benchmark record",
+    ),
 ];
 
 pub fn document() -> Value {

@@ -54,6 +54,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(20);
 /// Further attempts of a PutObject the service refused (`platform.md` §4.3).
 const PUT_RETRIES: u32 = 5;
 /// Attempts of each multipart step, for the codes of [`MULTIPART_RETRY_CODES`].
+// FIXME(a CompleteMultipartUpload refused with `InvalidPart` cannot be mended by repeating the
+// step: the parts' bytes were streamed and are gone; the original re-uploads the whole body)
 const MULTIPART_ATTEMPTS: u32 = 8;
 const MULTIPART_RETRY_CODES: [&str; 5] = [
     "AccessDenied",

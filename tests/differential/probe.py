@@ -48,7 +48,7 @@ import requests
 
 REPO = Path(__file__).resolve().parents[2]
 ALGORITHMS = REPO / "tests" / "algorithms"
-DEPLOYED = ["noop", "threshold_segmenter", "all_params", "raiser", "sleeper"]
+DEPLOYED = ["noop", "threshold_segmenter", "all_params", "raiser", "sleeper", "trainable"]
 ORIGIN_OK = "http://allowed.example"
 ORIGIN_BAD = "http://evil.example"
 TERMINAL = {"COMPLETED", "FAILED", "STOPPED"}
@@ -476,9 +476,10 @@ class Probe:
 
     # Executions --------------------------------------------------------------------------------
 
-    def poll(self, name, key, *, until=TERMINAL, min_progress=None, timeout=180):
-        """Polls `/executions/{key}` on both sides until a status in `until`; compares the
-        record, the statuses seen on the way and the log markers."""
+    def poll(self, name, key, *, until=TERMINAL, min_progress=None, timeout=180,
+             route="executions"):
+        """Polls `/{route}/{key}` (executions, training, benchmarks) on both sides until a status
+        in `until`; compares the record, the statuses seen on the way and the log markers."""
         if self.only and self.only not in name:
             return
         results = []
@@ -486,7 +487,7 @@ class Probe:
             seen, rec, status = [], None, None
             deadline = time.time() + timeout
             while time.time() < deadline:
-                o = self.send(side, "GET", f"/api/v0/executions/{{{key}}}")
+                o = self.send(side, "GET", f"/api/v0/{route}/{{{key}}}")
                 status, rec = o.status, o.body
                 if o.status != 200 or not isinstance(rec, dict):
                     break
@@ -497,6 +498,9 @@ class Probe:
                                    or s in TERMINAL):
                     break
                 time.sleep(0.05)
+            if route == "benchmarks" and isinstance(rec, dict) and isinstance(rec.get("data"), dict):
+                # Measured values differ run to run; keys and types are what a client relies on.
+                rec["data"] = {k: type(v).__name__ for k, v in rec["data"].items()}
             o = Observed(status, {}, rec, b"")
             if self.dump_logs and isinstance(rec, dict) and isinstance(rec.get("log"), str):
                 safe = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
@@ -1071,6 +1075,92 @@ def run_execution_steps(p: Probe):
     p.req("X3 get deleted execution", "GET", "/api/v0/executions/{x_noop_noct}")
 
 
+def run_training_steps(p: Probe):
+    """Samples, a training of `trainable`, its checkpoint, an execution from it, a benchmark
+    (`training.md` §2–§5)."""
+
+    def save_field(key, field_name, index=None):
+        def save(side, o):
+            if isinstance(o.body, dict) and field_name in o.body:
+                value = o.body[field_name]
+                side.ctx[key] = value[index] if index is not None and value else value
+        return save
+
+    S, T, C, B = "/api/v0/sample", "/api/v0/training", "/api/v0/checkpoint", "/api/v0/benchmarks"
+    p.say("== samples")
+    p.req("S1 save sample", "POST", S, json_body={
+        "files": [{"input": ["{file_a}"], "target": ["{file_b}"]}, {"input": ["{file_a}"], "target": []}],
+        "tags": [" Train ", "train", "Probe"]}, save=save_field("sample_1", "sample_id"))
+    p.req("S1 save second sample", "POST", S,
+          json_body={"files": [{"input": ["{file_b}"], "target": ["{file_a}"]}]},
+          save=save_field("sample_2", "sample_id"))
+    p.req("S1 tags null", "POST", S, json_body={"files": [{"input": ["{file_a}"]}], "tags": None})
+    p.req("S1 files not a list", "POST", S, json_body={"files": {"input": ["{file_a}"]}})
+    p.req("S1 empty files (deviation: 400 for 500)", "POST", S, json_body={"files": []})
+    p.req("S1 mixed keys (deviation: 400 for 500)", "POST", S,
+          json_body={"files": [{"a": ["{file_a}"]}, {"b": ["{file_a}"]}]})
+    p.req("S3 get sample", "GET", S + "/{sample_1}")
+    p.req("S2 list samples", "GET", S + "/all", sort_key="sample_id")
+    p.req("S2 positive_tags=train", "GET", S + "/all", params=[("positive_tags", "train")])
+    p.req("S2 positive_tags=Train (deviation: query tags normalised)", "GET", S + "/all",
+          params=[("positive_tags", "Train")])
+    p.req("S2 negative_tags=probe", "GET", S + "/all", params=[("negative_tags", "probe")])
+    p.req("S2 no match", "GET", S + "/all", params=[("positive_tags", "nothing")])
+    p.req("S4 DELETE sample/all", "DELETE", S + "/all")
+
+    p.say("== training")
+    tr = "/api/v0/train-algorithm"
+    p.req("T1 unknown algorithm", "POST", tr,
+          json_body={"algorithm_id": "nope", "training_data": ["{sample_1}"]})
+    p.req("T1 missing training_data", "POST", tr, json_body={"algorithm_id": "{alg:trainable}"})
+    p.req("T1 tags null", "POST", tr, json_body={"algorithm_id": "{alg:trainable}",
+                                                   "training_data": ["{sample_1}"], "tags": None})
+    p.req("T1 trainable", "POST", tr, json_body={
+        "algorithm_id": "{alg:trainable}", "training_data": ["{sample_1}", "{sample_2}"],
+        "tags": ["Exp-1"], "additional_parameters": {"scale": 3.0}},
+        save=save_field("training_1", "training_id"))
+    p.poll("T2 trainable final", "training_1", route="training")
+    p.req("T2 trainable again", "GET", T + "/{training_1}",
+          save=save_field("checkpoint_1", "output_checkpoint_ids", 0))
+    p.req("T3 stop completed training", "POST", T + "/{training_1}/stop")
+    p.req("T1 trainable without checkpoint", "POST", tr, json_body={
+        "algorithm_id": "{alg:trainable}", "training_data": ["{sample_1}"],
+        "additional_parameters": {"save": False}}, save=save_field("training_2", "training_id"))
+    p.poll("T2 training without checkpoint final (deviation: single FAILED)", "training_2",
+           route="training")
+
+    p.say("== checkpoints")
+    p.req("C2 get checkpoint", "GET", C + "/{checkpoint_1}")
+    p.req("C1 list checkpoints", "GET", C + "/all")
+    p.req("C1 positive_tags=Exp-1", "GET", C + "/all", params=[("positive_tags", "Exp-1")])
+    p.req("C1 positive_tags=exp-1", "GET", C + "/all", params=[("positive_tags", "exp-1")])
+    p.req("X1 trainable from checkpoint", "POST", "/api/v0/execute-algorithm", json_body={
+        "algorithm_id": "{alg:trainable}", "input_dataset_ids": [], "checkpoint_id": "{checkpoint_1}"},
+        save=save_field("exec_cp", "execution_id"))
+    p.poll("X3 trainable from checkpoint final", "exec_cp")
+    outputs(p, "exec_cp", "trainable from checkpoint outputs", decode_json=True)
+    p.req("T1 training from checkpoint", "POST", tr, json_body={
+        "algorithm_id": "{alg:trainable}", "training_data": ["{sample_2}"],
+        "checkpoint_id": "{checkpoint_1}"}, save=save_field("training_3", "training_id"))
+    p.poll("T2 training from checkpoint final", "training_3", route="training")
+
+    p.say("== benchmarks")
+    p.req("B1 benchmark trainable", "POST", "/api/v0/benchmark-algorithm",
+          json_body={"algorithm_id": "{alg:trainable}", "additional_parameters": {"repeats": 2}},
+          save=save_field("bench_1", "benchmark_id"))
+    p.poll("B2 benchmark trainable final", "bench_1", route="benchmarks")
+    p.req("B1 benchmark noop (no benchmark method)", "POST", "/api/v0/benchmark-algorithm",
+          json_body={"algorithm_id": "{alg:noop}"}, save=save_field("bench_2", "benchmark_id"))
+    p.poll("B2 benchmark noop final", "bench_2", route="benchmarks")
+
+    p.say("== deletions")
+    p.req("C3 delete checkpoint", "DELETE", C + "/{checkpoint_1}")
+    p.req("C2 deleted checkpoint", "GET", C + "/{checkpoint_1}")
+    p.req("T2 training after its checkpoint went", "GET", T + "/{training_1}")
+    p.req("S4 delete sample", "DELETE", S + "/{sample_2}")
+    p.req("S3 deleted sample", "GET", S + "/{sample_2}")
+
+
 def outputs(p: Probe, key, name, decode_json=False):
     if p.only and p.only not in name:
         return
@@ -1190,6 +1280,7 @@ def main() -> int:
 
         run_algorithm_steps(p)
         run_execution_steps(p)
+        run_training_steps(p)
         run_cors_steps(p)
 
         p.say("")

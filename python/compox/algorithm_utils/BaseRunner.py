@@ -18,7 +18,12 @@ from abc import ABC, abstractmethod
 from typing import Any, Dict, List, Optional, Type
 
 from compox.algorithm_utils.runner_context import active_runner_context, begin_runner_context
-from compox.exceptions import CompoxStateError, TaskStoppedException
+from compox.exceptions import (
+    CompoxError,
+    CompoxStateError,
+    CompoxTrainingError,
+    TaskStoppedException,
+)
 from compox.tasks.context_handler import active_handler
 
 # Names that bypass the runner context: framework bookkeeping and the read-only properties.
@@ -262,10 +267,33 @@ class BaseRunner(ABC):
         return handler
 
     def run_training(self, training_data: List[str], args: Optional[Dict[str, Any]] = None) -> None:
-        # FIXME(training runs are out of scope of this package; needs a TrainingHandler per
-        # training.md before run_training can do more than refuse).
-        self._require_training_handler("Training requires a training handler.")
-        raise NotImplementedError("Training is not supported by this compox package.")
+        """``training.md`` §3.7: RUNNING, ``train``, then COMPLETED, or FAILED with
+        ``training_no_checkpoint`` when ``train`` saved no checkpoint. Returns None."""
+        handler = self._require_training_handler("Training requires a training handler.")
+        handler.logger.info("Starting training.")
+        handler.status = "RUNNING"
+        started = time.perf_counter()
+        try:
+            self.train(training_data, args or {})
+            handler.logger.info(
+                f"Training completed in {round(time.perf_counter() - started, 2)} seconds."
+            )
+            if not handler.output_checkpoint_ids:
+                # Recorded before it is raised, so the log carries the message, not a traceback.
+                error = CompoxTrainingError(
+                    "Training finished without a checkpoint: at least one output checkpoint "
+                    "must be created.",
+                    code="training_no_checkpoint",
+                )
+                handler.mark_as_failed(error)
+                raise error
+            handler.mark_as_completed()
+        except TaskStoppedException:
+            raise
+        except Exception as error:
+            handler.mark_as_failed(error)
+            raise
+        return None
 
     def train(self, training_data: List[str], args: Optional[Dict[str, Any]] = None) -> None:
         self.task_handler.logger.error("The train method is not implemented by this algorithm.")
@@ -274,8 +302,20 @@ class BaseRunner(ABC):
     def save_checkpoint(
         self, checkpoint: Dict[str, bytes], properties: Optional[Dict[str, Any]] = None
     ) -> str:
-        self._require_training_handler("Saving a checkpoint requires a training handler.")
-        raise NotImplementedError("Checkpoints are not supported by this compox package.")
+        handler = self._require_training_handler("Saving a checkpoint requires a training handler.")
+        try:
+            return handler.save_checkpoint(checkpoint, properties or {})
+        except (CompoxError, TaskStoppedException):
+            raise
+        except Exception as error:
+            raise CompoxTrainingError(
+                "Failed to save the checkpoint.", code="runner_checkpoint_save_failed", cause=error
+            ) from error
+
+    def delete_checkpoint(self, checkpoint_id: str) -> None:
+        self._require_training_handler(
+            "Deleting a checkpoint requires a training handler."
+        ).delete_checkpoint(checkpoint_id)
 
     def get_training_dataset(self, ids: List[str]) -> Any:
         return self._require_training_handler(
@@ -323,8 +363,8 @@ class BaseRunner(ABC):
         ).load_files_from_temp_store(paths, *keys, parallel=parallel)
 
     def run_benchmark(self, args: Optional[Dict[str, Any]] = None) -> None:
-        # FIXME(benchmarks need a BenchmarkHandler whose mark_as_completed takes a dict; on an
-        # execution handler the results dict is rejected as output ids and the task fails).
+        """``training.md`` §5.3: ``benchmark`` once, its dict stored as the record's ``data``
+        (by a ``BenchmarkHandler``; an execution handler refuses a dict as output ids)."""
         handler = self.task_handler
         handler.logger.info("Starting benchmark.")
         started = time.perf_counter()

@@ -554,7 +554,7 @@ class TaskHandler:
         module_id = minor_entry["module_id"]
         assets = dict(minor_entry.get("assets") or {})
         if checkpoint_id is not None:
-            assets = self._overlay_checkpoint(assets, checkpoint_id)
+            assets = self._overlay_checkpoint(assets, checkpoint_id, record.get("algorithm_id"))
         self.algorithm_assets = assets
 
         environment = _runtime.runtime_environment
@@ -584,7 +584,9 @@ class TaskHandler:
             ) from error
         return runner, assets, resolution.device
 
-    def _overlay_checkpoint(self, assets: Dict[str, str], checkpoint_id: str) -> Dict[str, str]:
+    def _overlay_checkpoint(
+        self, assets: Dict[str, str], checkpoint_id: str, algorithm_id: Optional[str] = None
+    ) -> Dict[str, str]:
         try:
             manifest = json.loads(
                 self.database_connection.get_object("algorithm-checkpoint-store", checkpoint_id)
@@ -598,6 +600,15 @@ class TaskHandler:
                 cause=error,
             ) from error
 
+        # A checkpoint of another algorithm is refused (training.md §4.4 quirk fix); manifests
+        # without a parent id (hand-written, legacy) are accepted as before.
+        parent = manifest.get("parent_algorithm_id")
+        if parent is not None and algorithm_id is not None and parent != algorithm_id:
+            raise CompoxCheckpointError(
+                f"Checkpoint '{checkpoint_id}' belongs to algorithm '{parent}'.",
+                code="checkpoint_asset_incompatible",
+                details={"checkpoint_id": checkpoint_id, "parent_algorithm_id": parent},
+            )
         unknown = sorted(set(overlay) - set(assets))
         if unknown:
             raise CompoxCheckpointError(
