@@ -95,6 +95,16 @@ pub enum DeployError {
     /// A bad `pyproject.toml` or folder: names the file, the key and the rule.
     #[error("{0}")]
     InvalidAlgorithm(String),
+    /// An `algorithm_name` or `algorithm_major_version` override that breaks the rule its
+    /// `pyproject.toml` counterpart follows.
+    #[error("Invalid {parameter} override: {rule}")]
+    InvalidOverride {
+        parameter: &'static str,
+        rule: String,
+    },
+    /// A deploy zip beyond `deploy::zip_input::ZIP_LIMITS`; `reason` names the limit.
+    #[error("Deployment zip {path} is refused: {reason}. Deploy the unpacked folder instead.")]
+    ZipTooLarge { path: String, reason: String },
     #[error("Failed to create algorithm module: {0}")]
     ModuleCreateFailed(String),
     /// `check_importable` is on and importing the built module or calling `Runner()` failed.
@@ -341,8 +351,11 @@ impl ApiError {
                 ),
                 F::PresignedUrlInvalid => row(403, "presigned_url_invalid", None),
                 F::UploadFailed(s) => storage_row(500, "file_upload_failed", s),
-                F::DownloadFailed { .. } => row(500, "file_download_failed", None),
-                F::DeleteFailed { .. } => row(500, "file_delete_failed", None),
+                // Retryable when the storage cause is (an outage), as for uploads.
+                F::DownloadFailed { source, .. } => {
+                    storage_row(500, "file_download_failed", source)
+                }
+                F::DeleteFailed { source, .. } => storage_row(500, "file_delete_failed", source),
                 F::UploadUrlFailed(_) => row(500, "file_upload_url_failed", None),
                 F::DownloadUrlFailed(_) => row(500, "file_download_url_failed", None),
             },
@@ -437,6 +450,16 @@ impl ApiError {
                     Some(json!({ "path": root })),
                 ),
                 D::InvalidAlgorithm(_) => row(400, "algorithm_deploy_failed", None),
+                D::InvalidOverride { parameter, .. } => row(
+                    400,
+                    "algorithm_deploy_failed",
+                    Some(json!({ "parameter": parameter })),
+                ),
+                D::ZipTooLarge { path, .. } => row(
+                    400,
+                    "algorithm_deploy_failed",
+                    Some(json!({ "path": path })),
+                ),
                 D::ModuleCreateFailed(_) => row(400, "algorithm_module_create_failed", None),
                 D::ImportCheckFailed(_) => row(400, "algorithm_module_import_check_failed", None),
                 D::AsyncNeedsInProcessExecutor => row(400, "invalid_async_deploy_executor", None),
@@ -684,6 +707,33 @@ impl From<actix::MailboxError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_errors_are_retryable_exactly_when_their_storage_cause_is() {
+        let outage = || StorageError::Unavailable {
+            operation: "get".into(),
+            message: "connection refused".into(),
+        };
+        let refused = || StorageError::WriteFailed {
+            operation: "put".into(),
+            message: "NoSuchBucket".into(),
+        };
+        for (cause, retryable) in [(outage(), true), (refused(), false)] {
+            let download = ApiError::from(FileError::DownloadFailed {
+                file_id: "f".into(),
+                source: cause,
+            });
+            assert_eq!(download.row().retryable, retryable);
+        }
+        for (cause, retryable) in [(outage(), true), (refused(), false)] {
+            let delete = ApiError::from(FileError::DeleteFailed {
+                file_id: "f".into(),
+                source: cause,
+            });
+            assert_eq!(delete.row().code, "file_delete_failed");
+            assert_eq!(delete.row().retryable, retryable);
+        }
+    }
 
     #[test]
     fn client_errors_carry_message_and_details() {

@@ -662,3 +662,139 @@ async fn bad_bundles_are_refused_and_change_nothing() {
     }
     assert!(!work.path().parent().unwrap().join("evil.txt").exists());
 }
+
+/// Names in an A2 body, sorted.
+fn sorted_names(all: &Value) -> Vec<String> {
+    let mut names: Vec<String> = all
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v["algorithm_name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Polls A2 until `ok` holds for its status and names; panics after 20 s.
+async fn wait_listing(server: &Server, what: &str, ok: impl Fn(u16, &[String]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, all) = server.get("/api/v0/algorithm/all").await;
+        if ok(status, &sorted_names(&all)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: last listing {status} {all}\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `platform.md` §1.12: the command may run while a server uses the same store. The server's
+/// index refresh picks up what it wrote, and later external changes and deletions, without a
+/// restart, and keeps the server's own deployment exactly once.
+#[tokio::test]
+async fn a_running_server_sees_an_import_made_by_another_process() {
+    let (src, ids) = source_store().await;
+    let (bundle, key) = build(src.path(), None);
+    let server = Server::start();
+    let printer = server.deploy_ok("printer").await;
+    let (status, _) = server.get("/api/v0/algorithm/noop/1").await;
+    assert_eq!(status, 404);
+
+    let config = server.dir.path().join("compox.yaml");
+    let o = tokio::task::spawn_blocking(move || import(&config, &bundle, &key))
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!(
+            "A server is running on port {}: it will pick up the imported algorithms within 3 \
+             seconds.",
+            server.port
+        )),
+        "{}",
+        stdout(&o)
+    );
+
+    wait_listing(
+        &server,
+        "the imported algorithms appear",
+        |status, names| status == 200 && names == ["noop", "printer", "tv_denoiser"],
+    )
+    .await;
+    for (name, id) in &ids {
+        let (status, body) = server.get(&format!("/api/v0/algorithm/{name}/1")).await;
+        assert_eq!(status, 200, "{name}: {body}");
+        assert_eq!(body["algorithm_id"], id.as_str());
+    }
+    let (status, body) = server.get("/api/v0/algorithm/printer/1").await;
+    assert_eq!(
+        (status, body["algorithm_id"].as_str()),
+        (200, Some(printer.as_str()))
+    );
+    let execution = server
+        .execute(&ids["noop"], &[], serde_json::json!({}))
+        .await;
+    let (rec, _) = server
+        .wait_terminal(&execution, Duration::from_secs(120))
+        .await;
+    assert_eq!(rec["status"], "COMPLETED", "{rec}");
+
+    // A record rewritten by another writer is served as rewritten.
+    let noop_key = format!("{}~noop~1", ids["noop"]);
+    let mut noop: Value =
+        serde_json::from_slice(&server.store_read("algorithm-store", &noop_key).unwrap()).unwrap();
+    noop["algorithm_description"] = Value::from("Rewritten elsewhere");
+    server.store_write(
+        "algorithm-store",
+        &noop_key,
+        &serde_json::to_vec(&noop).unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = server.get("/api/v0/algorithm/noop/1").await;
+        if body["algorithm_description"] == "Rewritten elsewhere" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rewrite never showed: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A record file deleted behind the server's back disappears.
+    server.store_delete(
+        "algorithm-store",
+        &format!("{}~tv_denoiser~1", ids["tv_denoiser"]),
+    );
+    wait_listing(
+        &server,
+        "the deleted algorithm disappears",
+        |status, names| status == 200 && names == ["noop", "printer"],
+    )
+    .await;
+    let (status, body) = server.get("/api/v0/algorithm/tv_denoiser/1").await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = server
+        .post_json(
+            "/api/v0/execute-algorithm",
+            &serde_json::json!({"algorithm_id": ids["tv_denoiser"], "input_dataset_ids": [],
+                                "additional_parameters": {}}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("algorithm_not_found")),
+        "{body}"
+    );
+    assert!(
+        server.log_text().contains("algorithm index refreshed"),
+        "the refresh is logged for the operator"
+    );
+}

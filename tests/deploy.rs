@@ -1674,7 +1674,8 @@ async fn deployer_restarts_after_a_fault_and_reloads_its_index() {
     let server = Server::start();
     let id = server.deploy_ok("noop").await;
 
-    // A record written behind the deployer's back is only seen after a reload.
+    // A record written behind the deployer's back: the reload reads it at once (the periodic
+    // refresh may have read it already, so nothing is asserted before the fault).
     let (key, mut rec) = stored_record(&server, &id);
     let ghost_id = "11111111-2222-1333-8444-555555555555";
     rec["algorithm_id"] = json!(ghost_id);
@@ -1685,8 +1686,6 @@ async fn deployer_restarts_after_a_fault_and_reloads_its_index() {
         &serde_json::to_vec(&rec).unwrap(),
     );
     assert!(key.ends_with("~noop~1"));
-    let (status, _) = server.get("/api/v0/algorithm/ghost/1").await;
-    assert_eq!(status, 404);
 
     let (status, _) = server.post("/_test/fault/deployer").await;
     assert_eq!(status, 200);
@@ -2182,4 +2181,306 @@ async fn check_importable_refuses_a_module_that_does_not_import() {
     // Without the switch the same folder deploys (the failure shows at execution time).
     let plain = copy_algorithm("bad_import", tmp.path(), "bad_plain");
     assert_eq!(deploy_with(&server, &plain, &[]).await.0, 200);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Name, major and zip-size validation (`algorithms.md` §1.3, §1.10, §2.1 step 2)
+// ---------------------------------------------------------------------------------------------
+
+/// Names and majors that cannot make a storage key, from `pyproject.toml` or from the D1
+/// overrides, are refused with 400 and the reason, and nothing is stored.
+#[tokio::test]
+async fn unsafe_names_and_majors_are_refused_by_pyproject_and_override_alike() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let noop = algorithms_dir().join("noop");
+    let snapshot = || -> Vec<BTreeSet<String>> {
+        ["module-store", "asset-store", "algorithm-store"]
+            .iter()
+            .map(|c| keys(&server, c))
+            .collect()
+    };
+    let before = snapshot();
+
+    let evil = copy_algorithm("noop", work.path(), "evil");
+    rename_algorithm(&evil, "noop", "../../evil");
+    let evil_zip = work.path().join("evil.zip");
+    zip_dir(&evil, &evil_zip, Some("evil"));
+    let abc = copy_algorithm("noop", work.path(), "abc");
+    edit_pyproject(&abc, "version = \"1.0.0\"", "version = \"abc.0\"");
+    for (path, needles) in [
+        (&evil, ["[project].name", "'..' path segment", "../../evil"]),
+        (
+            &evil_zip,
+            ["[project].name", "'..' path segment", "../../evil"],
+        ),
+        (
+            &abc,
+            ["[project].version", "major", "non-negative decimal integer"],
+        ),
+    ] {
+        let (status, body) = deploy_with(&server, path, &[]).await;
+        assert_eq!(status, 400, "{}: {body}", path.display());
+        assert_eq!(body["code"], "algorithm_deploy_failed", "{body}");
+        let detail = body["detail"].as_str().unwrap();
+        for n in needles {
+            assert!(detail.contains(n), "{n:?} not in {detail:?}");
+        }
+    }
+
+    for (parameter, value, needle) in [
+        (
+            "algorithm_major_version",
+            "../../x",
+            "non-negative decimal integer",
+        ),
+        (
+            "algorithm_major_version",
+            "abc",
+            "non-negative decimal integer, got \"abc\"",
+        ),
+        (
+            "algorithm_major_version",
+            "",
+            "non-negative decimal integer",
+        ),
+        (
+            "algorithm_major_version",
+            "-1",
+            "non-negative decimal integer",
+        ),
+        (
+            "algorithm_major_version",
+            "99999999999999999999",
+            "must be at most",
+        ),
+        ("algorithm_name", "../../evil", "'..' path segment"),
+        ("algorithm_name", "a~b", "'~'"),
+        ("algorithm_name", " ", "must not be empty"),
+    ] {
+        let (status, body) = deploy_with(&server, &noop, &[(parameter, value)]).await;
+        assert_eq!(status, 400, "{parameter}={value:?}: {body}");
+        assert_eq!(body["code"], "algorithm_deploy_failed", "{body}");
+        assert_eq!(body["details"], json!({ "parameter": parameter }), "{body}");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(
+            detail.starts_with(&format!("Invalid {parameter} override: "))
+                && detail.contains(needle),
+            "{parameter}={value:?}: {detail:?}"
+        );
+    }
+
+    // A name too long for a storage key is refused before anything is built or stored.
+    let long = "n".repeat(200);
+    let (status, body) = deploy_with(&server, &noop, &[("algorithm_name", &long)]).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("algorithm_deploy_failed")),
+        "{body}"
+    );
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not a valid storage key"),
+        "{body}"
+    );
+
+    assert_eq!(snapshot(), before, "refused deploys stored something");
+    assert_eq!(server.store_unfinished_writes(), Vec::<String>::new());
+    let (status, _) = server.get("/api/v0/algorithm/all").await;
+    assert_eq!(status, 404, "the index stays empty");
+
+    // A valid major override deploys and exports like a pyproject major.
+    let r = deploy_path_ok(&server, &noop, &[("algorithm_major_version", "3")]).await;
+    assert_eq!(r["algorithm_major_version"], "3");
+    let (status, _, _) = export(&server, "/api/v0/algorithm/noop/3/export").await;
+    assert_eq!(status, 200);
+}
+
+/// Writes `algo/` with noop's files plus `extra` entries (name, length in zero bytes) to `path`.
+fn noop_zip_with(path: &Path, extra: &[(String, usize)]) {
+    let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let opts = zip::write::SimpleFileOptions::default();
+    for name in ["pyproject.toml", "Runner.py"] {
+        z.start_file(format!("algo/{name}"), opts).unwrap();
+        z.write_all(&std::fs::read(algorithms_dir().join("noop").join(name)).unwrap())
+            .unwrap();
+    }
+    let zeros = vec![0u8; 1 << 20];
+    for (name, len) in extra {
+        z.start_file(name.as_str(), opts).unwrap();
+        let mut left = *len;
+        while left > 0 {
+            let n = left.min(zeros.len());
+            z.write_all(&zeros[..n]).unwrap();
+            left -= n;
+        }
+    }
+    z.finish().unwrap();
+}
+
+/// Zip bombs and zips with too many entries are refused with 400 naming the limit, and neither
+/// storage nor the server's temporary folder keeps anything of them.
+#[tokio::test]
+async fn oversized_deploy_zips_are_refused_and_leave_nothing_behind() {
+    let work = tempfile::tempdir().unwrap();
+    let tmp = work.path().join("server-tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let server = Server::start_with(common::ServerOptions {
+        env: vec![("TMPDIR".into(), tmp.display().to_string())],
+        ..Default::default()
+    });
+    let snapshot = || -> Vec<BTreeSet<String>> {
+        ["module-store", "asset-store", "algorithm-store"]
+            .iter()
+            .map(|c| keys(&server, c))
+            .collect()
+    };
+    let before = snapshot();
+
+    // 80 MiB of zeros deflate to well under 1 MiB: past 64 MiB that is over 100:1.
+    let bomb = work.path().join("bomb.zip");
+    noop_zip_with(&bomb, &[("algo/weights.bin".into(), 80 << 20)]);
+    let (status, body) = deploy_with(&server, &bomb, &[]).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("algorithm_deploy_failed")),
+        "{body}"
+    );
+    assert_eq!(
+        body["details"],
+        json!({ "path": bomb.display().to_string() })
+    );
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with(&format!("Deployment zip {} is refused: ", bomb.display()))
+            && detail
+                .contains("a deploy zip may expand past 64 MiB only up to 100 times its own size"),
+        "{detail}"
+    );
+
+    let crowded = work.path().join("crowded.zip");
+    let empties: Vec<(String, usize)> = (0..100_000).map(|i| (format!("algo/e/{i}"), 0)).collect();
+    noop_zip_with(&crowded, &empties);
+    let (status, body) = deploy_with(&server, &crowded, &[]).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("algorithm_deploy_failed")),
+        "{body}"
+    );
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("it has 100002 entries, more than the limit of 100000"),
+        "{detail}"
+    );
+
+    assert_eq!(snapshot(), before, "refused zips stored something");
+    assert_eq!(server.store_unfinished_writes(), Vec::<String>::new());
+    let mut left = Vec::new();
+    let mut dirs = vec![tmp.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().map(Result::unwrap) {
+            if e.file_name() == "unzipped" {
+                left.push(e.path());
+            } else if e.file_type().unwrap().is_dir() {
+                dirs.push(e.path());
+            }
+        }
+    }
+    assert_eq!(
+        left,
+        Vec::<PathBuf>::new(),
+        "extractions left in the temporary folder"
+    );
+
+    // Within the limits the same layout deploys.
+    let fine = work.path().join("fine.zip");
+    noop_zip_with(&fine, &[("algo/weights.bin".into(), 1 << 20)]);
+    assert_eq!(
+        deploy_path_ok(&server, &fine, &[]).await["algorithm_name"],
+        "noop"
+    );
+}
+
+/// Another writer of `algorithm-store` (an offline import, the original server, a second
+/// compox on a shared store): the running server's index refresh sees new, rewritten and
+/// deleted records without a restart, and keeps its own deployment exactly once.
+#[tokio::test]
+async fn records_written_by_another_writer_are_seen_without_a_restart() {
+    let server = Server::start();
+    let id = server.deploy_ok("noop").await;
+    let (_, mut rec) = stored_record(&server, &id);
+    let other_id = "41111111-2222-1333-8444-555555555555";
+    let other_key = format!("{other_id}~elsewhere~1");
+    rec["algorithm_id"] = json!(other_id);
+    rec["algorithm_name"] = json!("elsewhere");
+
+    // `until` is checked against A1 of `elsewhere` and the sorted A2 names.
+    let wait = |what: &'static str, until: fn(u16, &Value, &[String]) -> bool| {
+        let server = &server;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let (status, a1) = server.get("/api/v0/algorithm/elsewhere/1").await;
+                let (_, all) = server.get("/api/v0/algorithm/all").await;
+                let mut names = names_of(&all);
+                names.sort();
+                if until(status, &a1, &names) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{what}: {status} {a1} {names:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+
+    server.store_write(
+        "algorithm-store",
+        &other_key,
+        &serde_json::to_vec(&rec).unwrap(),
+    );
+    wait("a new record appears", |status, a1, names| {
+        status == 200
+            && a1["algorithm_id"] == "41111111-2222-1333-8444-555555555555"
+            && names == ["elsewhere", "noop"]
+    })
+    .await;
+    let exec = json!({"algorithm_id": other_id, "input_dataset_ids": [],
+                      "additional_parameters": {}});
+    let (status, body) = server.post_json("/api/v0/execute-algorithm", &exec).await;
+    assert_eq!(status, 200, "{body}");
+
+    rec["algorithm_description"] = json!("Rewritten elsewhere");
+    server.store_write(
+        "algorithm-store",
+        &other_key,
+        &serde_json::to_vec(&rec).unwrap(),
+    );
+    wait(
+        "a rewritten record is served as rewritten",
+        |status, a1, _| status == 200 && a1["algorithm_description"] == "Rewritten elsewhere",
+    )
+    .await;
+
+    // Our own writes in between are neither undone nor counted twice.
+    let (status, body) = server.deploy(&algorithms_dir().join("noop")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["algorithm_id"], id.as_str());
+
+    server.store_delete("algorithm-store", &other_key);
+    wait("a deleted record disappears", |status, _, names| {
+        status == 404 && names == ["noop"]
+    })
+    .await;
+    let (status, body) = server.post_json("/api/v0/execute-algorithm", &exec).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("algorithm_not_found")),
+        "{body}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, all) = server.get("/api/v0/algorithm/all").await;
+    assert_eq!((status, names_of(&all)), (200, vec!["noop".to_string()]));
+    assert_eq!(keys(&server, "algorithm-store").len(), 1);
 }

@@ -14,12 +14,21 @@
 //! the actor, which updates the index. Steps 1–4 fail before anything is written; a storage
 //! failure in 6–8 deletes what this deploy uploaded, so no orphans remain.
 //!
+//! Refresh (other writers: `compox import-algorithm-bundle` in its own process, the original
+//! server or another compox on a shared store): every [`INDEX_REFRESH_INTERVAL`], under the
+//! permit so no change of ours is in flight, 1. list `algorithm-store`; 2. compare each key's
+//! [`Fingerprint`] (size, modification time, version token) with the one the index was built
+//! from; 3. read only new and changed records; 4. replace or drop those entries. A record the
+//! deployer wrote itself has no fingerprint yet, so the next refresh reads it back once. The
+//! refresh only reads: stale storage metrics are still recomputed at (re)load.
+//!
 //! Failure: a panic restarts the actor, which reloads the index from storage.
 
 use super::emergency_writer::{EmergencyWriter, ReadEmergencyRecord, WriteEmergencyRecord};
 use super::guard;
 use super::storage_gateway::{
-    flatten, DeleteObject, Exists, GetBytes, ListObjects, PutBytes, PutStream, Size, StorageGateway,
+    flatten, DeleteObject, Exists, GetBytes, ListObjects, PollObjects, PutBytes, PutStream, Size,
+    StorageGateway,
 };
 use crate::deploy::module::{self, PythonTool};
 use crate::deploy::record::{self, api_item, ApiItem};
@@ -27,7 +36,8 @@ use crate::deploy::{pyproject, scan, zip_input, DeployOverrides, DeploySource};
 use crate::errors::{AlgorithmError, ApiError, DeployError};
 use crate::records::{local_now, utc_iso_now, uuid1};
 use crate::storage::{
-    StorageError, ALGORITHM_STORE, ASSET_STORE, CHECKPOINT_STORE, DEPLOY_STORE, MODULE_STORE,
+    ObjectInfo, StorageError, ALGORITHM_STORE, ASSET_STORE, CHECKPOINT_STORE, DEPLOY_STORE,
+    MODULE_STORE,
 };
 use actix::prelude::*;
 use bytes::Bytes;
@@ -36,9 +46,12 @@ use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Semaphore;
 
 const NAME: &str = "deployer";
+/// How often the index is compared with `algorithm-store` for other writers' changes.
+pub const INDEX_REFRESH_INTERVAL: Duration = Duration::from_secs(2);
 /// FIXME(no constant for it in `crate::storage` yet; move it there with the training routes).
 const TRAINING_STORE: &str = "training-store";
 
@@ -69,8 +82,65 @@ pub struct Deployer {
     /// The unfiltered A2 body, rebuilt after any index change.
     list_cache: Option<Bytes>,
     loaded: bool,
+    /// Every well-formed key of `algorithm-store` the index accounts for (indexed, or skipped as
+    /// unparsable), with the fingerprint it was read at; `None` until a refresh reads it back.
+    fingerprints: BTreeMap<String, Option<Fingerprint>>,
+    /// Bumped whenever the whole index is replaced, so a refresh planned before is dropped.
+    generation: u64,
+    refreshing: bool,
     permit: Arc<Semaphore>,
     fail_next: bool,
+}
+
+/// What a listing says about one object; a different value means the object was rewritten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    size: u64,
+    last_modified: Option<String>,
+    version: Option<String>,
+}
+
+impl From<&ObjectInfo> for Fingerprint {
+    fn from(info: &ObjectInfo) -> Self {
+        Fingerprint {
+            size: info.size,
+            last_modified: info.last_modified.clone(),
+            version: info.version.clone(),
+        }
+    }
+}
+
+/// Keys a refresh must read (new or rewritten) and keys that are gone.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ListingDiff {
+    changed: Vec<(String, Fingerprint)>,
+    removed: Vec<String>,
+}
+
+/// Compares a listing of `algorithm-store` with the fingerprints the index was built from.
+/// Malformed keys are ignored, as the index never holds them.
+fn diff_listing(
+    known: &BTreeMap<String, Option<Fingerprint>>,
+    listed: &[ObjectInfo],
+) -> ListingDiff {
+    let mut diff = ListingDiff::default();
+    let mut seen = BTreeSet::new();
+    for info in listed {
+        if record::parse_key(&info.key).is_none() {
+            continue;
+        }
+        seen.insert(info.key.as_str());
+        let now = Fingerprint::from(info);
+        if known.get(&info.key).and_then(Option::as_ref) != Some(&now) {
+            diff.changed.push((info.key.clone(), now));
+        }
+    }
+    diff.removed = known
+        .keys()
+        .filter(|k| !seen.contains(k.as_str()))
+        .cloned()
+        .collect();
+    diff
 }
 
 impl Deployer {
@@ -86,6 +156,9 @@ impl Deployer {
             index: BTreeMap::new(),
             list_cache: None,
             loaded: false,
+            fingerprints: BTreeMap::new(),
+            generation: 0,
+            refreshing: false,
             permit: Arc::new(Semaphore::new(1)),
             fail_next: false,
         }
@@ -95,8 +168,10 @@ impl Deployer {
         let storage = self.storage.clone();
         let fut = async move { load_records(&storage).await };
         ctx.wait(fut.into_actor(self).map(|res, act, _| match res {
-            Ok(records) => {
+            Ok((records, fingerprints)) => {
                 act.index = records.into_iter().map(|(k, r)| (k, entry(r))).collect();
+                act.fingerprints = fingerprints;
+                act.generation += 1;
                 act.list_cache = None;
                 act.loaded = true;
                 tracing::info!(algorithms = act.index.len(), "algorithm index loaded");
@@ -106,6 +181,30 @@ impl Deployer {
                 act.loaded = false;
             }
         }));
+    }
+
+    /// Starts one refresh unless one is running (see the module docs).
+    fn start_refresh(&mut self, ctx: &mut Context<Self>) {
+        if self.refreshing {
+            return;
+        }
+        self.refreshing = true;
+        let storage = self.storage.clone();
+        let permit = self.permit.clone();
+        let me = ctx.address();
+        actix::spawn(async move {
+            let Ok(_permit) = permit.acquire().await else {
+                return;
+            };
+            let outcome = match me.send(RefreshSnapshot).await {
+                Ok((generation, known)) => read_changes(&storage, &known)
+                    .await
+                    .map(|(diff, records)| (generation, diff, records)),
+                Err(_) => return,
+            };
+            // Applied before the permit goes, so the next deploy sees the refreshed index.
+            let _ = me.send(ApplyRefresh(outcome)).await;
+        });
     }
 
     fn pipeline(&self, ctx: &Context<Self>) -> Pipeline {
@@ -160,10 +259,54 @@ fn json_array<'a>(items: impl Iterator<Item = &'a Bytes>) -> Bytes {
     Bytes::from(out)
 }
 
-/// Reads every record, recomputing and writing back missing or stale metrics.
-async fn load_records(
+/// A new or rewritten record a refresh read: `None` when it is no longer valid JSON.
+type ReadRecord = (String, Fingerprint, Option<Value>);
+
+/// Lists `algorithm-store` and reads what differs from `known`. A key deleted between the
+/// listing and the read counts as removed.
+async fn read_changes(
     storage: &Addr<StorageGateway>,
-) -> Result<Vec<(String, Value)>, StorageError> {
+    known: &BTreeMap<String, Option<Fingerprint>>,
+) -> Result<(ListingDiff, Vec<ReadRecord>), StorageError> {
+    let listed = flatten(
+        storage
+            .send(PollObjects {
+                collection: ALGORITHM_STORE,
+            })
+            .await,
+    )?;
+    let mut diff = diff_listing(known, &listed);
+    let mut records = Vec::new();
+    for (key, fingerprint) in std::mem::take(&mut diff.changed) {
+        let got = flatten(
+            storage
+                .send(GetBytes {
+                    collection: ALGORITHM_STORE,
+                    key: key.clone(),
+                })
+                .await,
+        );
+        match got {
+            Ok(bytes) => {
+                let rec = serde_json::from_slice::<Value>(&bytes).ok();
+                if rec.is_none() {
+                    tracing::warn!(key = %key, "skipping unparsable algorithm record");
+                }
+                records.push((key, fingerprint, rec));
+            }
+            Err(e) if e.is_not_found() => diff.removed.push(key),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((diff, records))
+}
+
+/// Every record with the fingerprint it was read at.
+type LoadedIndex = (Vec<(String, Value)>, BTreeMap<String, Option<Fingerprint>>);
+
+/// Reads every record, recomputing and writing back missing or stale metrics (a record written
+/// back gets no fingerprint, so the next refresh reads it again).
+async fn load_records(storage: &Addr<StorageGateway>) -> Result<LoadedIndex, StorageError> {
     let keys = flatten(
         storage
             .send(ListObjects {
@@ -172,11 +315,13 @@ async fn load_records(
             .await,
     )?;
     let mut out = Vec::new();
+    let mut fingerprints = BTreeMap::new();
     for info in keys {
         if record::parse_key(&info.key).is_none() {
             tracing::warn!(key = %info.key, "skipping malformed algorithm-store key");
             continue;
         }
+        fingerprints.insert(info.key.clone(), Some(Fingerprint::from(&info)));
         let bytes = flatten(
             storage
                 .send(GetBytes {
@@ -206,10 +351,11 @@ async fn load_records(
                     })
                     .await,
             )?;
+            fingerprints.insert(info.key.clone(), None);
         }
         out.push((info.key, rec));
     }
-    Ok(out)
+    Ok((out, fingerprints))
 }
 
 /// Storage metrics of `algorithms.md` §4 from object sizes.
@@ -285,6 +431,7 @@ impl Actor for Deployer {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.load_index(ctx);
+        ctx.run_interval(INDEX_REFRESH_INTERVAL, |act, ctx| act.start_refresh(ctx));
     }
 }
 
@@ -293,6 +440,9 @@ impl Supervised for Deployer {
         tracing::warn!(actor = NAME, "restarting: reloading the algorithm index");
         self.fail_next = false;
         self.index.clear();
+        self.fingerprints.clear();
+        self.generation += 1;
+        self.refreshing = false;
         self.list_cache = None;
         self.load_index(ctx);
     }
@@ -660,12 +810,92 @@ impl Handler<IndexChanged> for Deployer {
     fn handle(&mut self, m: IndexChanged, _: &mut Context<Self>) {
         for k in m.removed {
             self.index.remove(&k);
+            self.fingerprints.remove(&k);
         }
         if let Some((k, r)) = m.written {
-            self.index.insert(k, entry(r));
+            self.index.insert(k.clone(), entry(r));
+            self.fingerprints.insert(k, None);
         }
         self.list_cache = None;
         self.loaded = true;
+    }
+}
+
+/// A refresh holds the permit: the fingerprints to compare the listing with, and their generation.
+#[derive(Message)]
+#[rtype(result = "(u64, BTreeMap<String, Option<Fingerprint>>)")]
+struct RefreshSnapshot;
+
+impl Handler<RefreshSnapshot> for Deployer {
+    type Result = MessageResult<RefreshSnapshot>;
+    fn handle(&mut self, _: RefreshSnapshot, _: &mut Context<Self>) -> Self::Result {
+        MessageResult((self.generation, self.fingerprints.clone()))
+    }
+}
+
+/// What a refresh found; dropped when the index was reloaded meanwhile.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ApplyRefresh(Result<(u64, ListingDiff, Vec<ReadRecord>), StorageError>);
+
+impl Handler<ApplyRefresh> for Deployer {
+    type Result = ();
+    fn handle(&mut self, m: ApplyRefresh, _: &mut Context<Self>) {
+        self.refreshing = false;
+        let (generation, diff, records) = match m.0 {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::debug!(error = %e, "refreshing the algorithm index failed; retrying later");
+                return;
+            }
+        };
+        if generation != self.generation {
+            return;
+        }
+        // A listing that worked means the index is complete, even after a failed start-up load.
+        self.loaded = true;
+        if diff.removed.is_empty() && records.is_empty() {
+            return;
+        }
+
+        let (mut added, mut changed) = (0usize, 0usize);
+        for (key, fingerprint, rec) in records {
+            // A record we wrote, read back, is not news (nor one read back unchanged).
+            let ours = self.fingerprints.get(&key).is_some_and(Option::is_none);
+            let same = rec.as_ref() == self.index.get(&key).map(|e| &e.record);
+            match rec {
+                Some(rec) => {
+                    if !ours && !same {
+                        if self.index.contains_key(&key) {
+                            changed += 1;
+                        } else {
+                            added += 1;
+                        }
+                    }
+                    self.index.insert(key.clone(), entry(rec));
+                }
+                None => {
+                    changed += usize::from(self.index.remove(&key).is_some());
+                }
+            }
+            self.fingerprints.insert(key, Some(fingerprint));
+        }
+        let mut removed = 0usize;
+        for key in &diff.removed {
+            removed += usize::from(self.index.remove(key).is_some());
+            self.fingerprints.remove(key);
+        }
+
+        self.list_cache = None;
+        if added + changed + removed > 0 {
+            tracing::info!(
+                added,
+                changed,
+                removed,
+                algorithms = self.index.len(),
+                "algorithm index refreshed: algorithm-store was changed by another writer"
+            );
+        }
     }
 }
 
@@ -965,6 +1195,32 @@ fn storage_err(e: StorageError) -> ApiError {
     DeployError::Storage(e).into()
 }
 
+/// The name and major overrides follow the rules of their `pyproject.toml` counterparts.
+fn check_overrides(ov: &DeployOverrides) -> Result<(), DeployError> {
+    let invalid = |parameter| move |rule| DeployError::InvalidOverride { parameter, rule };
+    if let Some(name) = &ov.algorithm_name {
+        pyproject::check_name(name).map_err(invalid("algorithm_name"))?;
+        if let Some(w) = pyproject::name_warning(name) {
+            tracing::warn!(warning = %w, "algorithm_name override");
+        }
+    }
+    if let Some(major) = &ov.algorithm_major_version {
+        pyproject::check_version_number(major).map_err(invalid("algorithm_major_version"))?;
+    }
+    Ok(())
+}
+
+fn zip_error(path: &Path, e: zip_input::ZipInputError) -> DeployError {
+    use zip_input::ZipInputError as Z;
+    let path = path.display().to_string();
+    match e {
+        Z::TooLarge(reason) => DeployError::ZipTooLarge { path, reason },
+        Z::NotAZip(reason) | Z::Unsafe(reason) | Z::Io(reason) => {
+            DeployError::InvalidZip { path, reason }
+        }
+    }
+}
+
 impl Pipeline {
     fn check_allowed(&self, path: &Path) -> Result<(), ApiError> {
         if self.config.allowed_paths.is_empty() {
@@ -1027,22 +1283,18 @@ impl Pipeline {
             .acquire()
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?;
+        check_overrides(ov)?;
+        // Dropped on every return, which removes a partial extraction too.
         let work = tempfile::tempdir().map_err(|e| DeployError::Internal(e.to_string()))?;
         let root = match source {
             DeploySource::HttpZip => {
                 let dest = work.path().join("unzipped");
                 std::fs::create_dir_all(&dest).map_err(|e| DeployError::Internal(e.to_string()))?;
-                zip_input::extract(path, &dest).map_err(|e| {
-                    let reason = match e {
-                        zip_input::ZipInputError::NotAZip(r)
-                        | zip_input::ZipInputError::Unsafe(r)
-                        | zip_input::ZipInputError::Io(r) => r,
-                    };
-                    DeployError::InvalidZip {
-                        path: path.display().to_string(),
-                        reason,
-                    }
-                })?
+                let (zip, into) = (path.to_path_buf(), dest.clone());
+                tokio::task::spawn_blocking(move || zip_input::extract(&zip, &into))
+                    .await
+                    .map_err(|e| DeployError::Internal(e.to_string()))?
+                    .map_err(|e| zip_error(path, e))?
             }
             _ => path.to_path_buf(),
         };
@@ -1058,12 +1310,7 @@ impl Pipeline {
             .algorithm_major_version
             .clone()
             .unwrap_or_else(|| cfg.major.clone());
-        if name.contains('~') {
-            return Err(DeployError::InvalidAlgorithm(format!(
-                "algorithm name must not contain '~': {name:?}"
-            ))
-            .into());
-        }
+        record::check_key_fits(&name, &major).map_err(DeployError::InvalidAlgorithm)?;
         let files = scan::scan(&root).map_err(|e| DeployError::RunnerNotFound { root: e })?;
         if matches!(source, DeploySource::HttpFolder) {
             // A symlinked file is read through: its target must be allowed too.
@@ -1769,5 +2016,93 @@ impl Handler<FailUnfinishedDeploys> for Deployer {
             }
             failed
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(key: &str, size: u64, version: &str) -> ObjectInfo {
+        ObjectInfo {
+            key: key.to_string(),
+            size,
+            last_modified: Some("2026-01-01T00:00:00+00:00".into()),
+            version: Some(version.to_string()),
+        }
+    }
+
+    fn known(listed: &[ObjectInfo]) -> BTreeMap<String, Option<Fingerprint>> {
+        listed
+            .iter()
+            .map(|i| (i.key.clone(), Some(Fingerprint::from(i))))
+            .collect()
+    }
+
+    fn changed_keys(diff: &ListingDiff) -> Vec<&str> {
+        diff.changed.iter().map(|(k, _)| k.as_str()).collect()
+    }
+
+    #[test]
+    fn an_unchanged_listing_needs_no_reads() {
+        let listed = [info("a~x~1", 10, "v1"), info("b~y~1~0", 20, "v2")];
+        assert_eq!(
+            diff_listing(&known(&listed), &listed),
+            ListingDiff::default()
+        );
+    }
+
+    #[test]
+    fn new_rewritten_and_deleted_keys_are_found() {
+        let before = [info("a~x~1", 10, "v1"), info("b~y~1", 20, "v2")];
+        let after = [
+            info("a~x~1", 10, "v9"),
+            info("c~z~2", 5, "v3"),
+            info("not-a-record", 1, "v4"),
+        ];
+        let diff = diff_listing(&known(&before), &after);
+        assert_eq!(changed_keys(&diff), ["a~x~1", "c~z~2"]);
+        assert_eq!(diff.changed[0].1, Fingerprint::from(&after[0]));
+        assert_eq!(diff.removed, ["b~y~1"]);
+    }
+
+    #[test]
+    fn any_field_of_the_fingerprint_counts_as_a_change() {
+        let before = [info("a~x~1", 10, "v1")];
+        let mut resized = before[0].clone();
+        resized.size = 11;
+        let mut touched = before[0].clone();
+        touched.last_modified = Some("2026-01-01T00:00:01+00:00".into());
+        let mut untokened = before[0].clone();
+        untokened.version = None;
+        for after in [resized, touched, untokened] {
+            let diff = diff_listing(&known(&before), std::slice::from_ref(&after));
+            assert_eq!(changed_keys(&diff), ["a~x~1"], "{after:?}");
+            assert!(diff.removed.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_record_we_wrote_is_read_back_once() {
+        let listed = [info("a~x~1", 10, "v1")];
+        let mut ours = known(&listed);
+        ours.insert("a~x~1".into(), None);
+        assert_eq!(changed_keys(&diff_listing(&ours, &listed)), ["a~x~1"]);
+        assert_eq!(
+            diff_listing(&known(&listed), &listed),
+            ListingDiff::default()
+        );
+    }
+
+    #[test]
+    fn malformed_keys_are_never_reported() {
+        let listed = [
+            info("one~two~three~four~five", 1, "v"),
+            info("plain", 1, "v"),
+        ];
+        assert_eq!(
+            diff_listing(&BTreeMap::new(), &listed),
+            ListingDiff::default()
+        );
     }
 }

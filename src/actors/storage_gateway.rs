@@ -2,8 +2,8 @@
 //!
 //! Owns: the backend (`Arc<dyn Backend>`) and the factory that (re)builds it, plus the expiry rules.
 //! Messages: [`EnsureCollections`], [`PutStream`], [`PutBytes`], [`GetBytes`], [`GetStream`],
-//! [`Exists`], [`Size`], [`ListObjects`], [`DeleteObject`], [`GetTags`], [`PutTags`],
-//! [`Presign`], [`DeleteIfExists`], [`PresignExisting`], [`PutStreamUntagged`].
+//! [`Exists`], [`Size`], [`ListObjects`], [`PollObjects`], [`DeleteObject`], [`GetTags`],
+//! [`PutTags`], [`Presign`], [`DeleteIfExists`], [`PresignExisting`], [`PutStreamUntagged`].
 //!
 //! Flow: 1. a message arrives; 2. the handler clones the backend handle into a future and returns
 //! it at once, so a 2 GiB upload never blocks other requests; 3. the future runs the backend call.
@@ -140,6 +140,26 @@ message!(Size { collection: &'static str, key: String } -> Option<u64>,
     |b, m| b.size(m.collection, &m.key).await);
 message!(ListObjects { collection: &'static str } -> Vec<ObjectInfo>,
     |b, m| b.list(m.collection).await);
+/// A listing for background polls (the deployer's index refresh). Unlike [`ListObjects`] it leaves
+/// an injected fault in place for the next client request, which is what tests aim it at.
+pub struct PollObjects {
+    pub collection: &'static str,
+}
+
+impl Message for PollObjects {
+    type Result = Result<Vec<ObjectInfo>, StorageError>;
+}
+
+impl Handler<PollObjects> for StorageGateway {
+    type Result = ResponseFuture<Result<Vec<ObjectInfo>, StorageError>>;
+    fn handle(&mut self, m: PollObjects, ctx: &mut Context<Self>) -> Self::Result {
+        let backend = self.backend.clone();
+        guard(NAME, ctx.address().recipient(), restarting, async move {
+            backend.list(m.collection).await
+        })
+    }
+}
+
 message!(DeleteObject { collection: &'static str, key: String } -> (),
     |b, m| b.delete(m.collection, &m.key).await);
 message!(GetTags { collection: &'static str, key: String } -> BTreeMap<String, String>,

@@ -68,7 +68,8 @@ pub fn select_folders(root: &Path, names: &[String]) -> Result<Vec<PathBuf>, Str
     Ok(out)
 }
 
-fn server_running(settings: &Settings) -> bool {
+/// Whether something answers on the configured port (taken to be a compox server).
+pub(super) fn server_running(settings: &Settings) -> bool {
     let addr = format!("127.0.0.1:{}", settings.port);
     addr.parse().ok().is_some_and(|a| {
         std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_millis(300)).is_ok()

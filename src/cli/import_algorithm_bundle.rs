@@ -4,10 +4,12 @@
 //! expanded (the original forgets to).
 //!
 //! Like the original it only holds an in-process lock: a server running on the same storage at
-//! the same time can race with it.
+//! the same time can race with it. Such a server's deployer sees the imported records at its next
+//! index refresh; when one answers on the configured port the command says so.
 
 use super::bundle_common;
 use crate::actors::bundle_importer::StartupOutcome;
+use crate::actors::deployer::INDEX_REFRESH_INTERVAL;
 
 pub fn run(config: &str, bundle_path: Option<String>, key: Option<String>) -> i32 {
     let mut settings = match bundle_common::settings(config) {
@@ -37,6 +39,15 @@ pub fn run(config: &str, bundle_path: Option<String>, key: Option<String>) -> i3
             Ok(StartupOutcome::Imported(n)) => {
                 println!("Algorithm bundle import completed.");
                 println!("Algorithms imported: {n}");
+                if super::deploy_algorithms::server_running(&settings) {
+                    // One interval until the next refresh, plus a second for its reads.
+                    let within = INDEX_REFRESH_INTERVAL.as_secs() + 1;
+                    println!(
+                        "A server is running on port {}: it will pick up the imported algorithms \
+                         within {within} seconds.",
+                        settings.port
+                    );
+                }
                 0
             }
             Ok(StartupOutcome::AlreadyImported) => {

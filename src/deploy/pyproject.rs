@@ -80,6 +80,47 @@ fn is_decimal(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// The rule for an algorithm name, whether from `[project].name` or the `algorithm_name`
+/// override (`algorithms.md` §1.3). `~` separates the parts of a record key, and storage refuses
+/// keys with a NUL or a `.`/`..` path segment, so such a name could never be stored or found.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.contains('~') {
+        return Err(format!("must not contain '~' (got {name:?})"));
+    }
+    if name.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.contains('\0') {
+        return Err(format!("must not contain a NUL character (got {name:?})"));
+    }
+    if name.split(['/', '\\']).any(|seg| seg == "." || seg == "..") {
+        return Err(format!(
+            "must not contain a '.' or '..' path segment (got {name:?})"
+        ));
+    }
+    Ok(())
+}
+
+/// Why a valid name still deserves a warning (`algorithms.md` §1.3), if it does.
+pub fn name_warning(name: &str) -> Option<String> {
+    (name.contains(['/', '\\']) || name.chars().any(char::is_control)).then(|| {
+        format!("algorithm name {name:?} contains a slash, backslash or control character")
+    })
+}
+
+/// The rule for a major or minor version, whether from `[project].version` or the
+/// `algorithm_major_version` override: an ASCII decimal integer, kept as written (`"01"` stays
+/// `"01"`), that fits the `i64` the API routes and the minor-version rule parse it into.
+pub fn check_version_number(v: &str) -> Result<(), String> {
+    if !is_decimal(v) {
+        return Err(format!("must be a non-negative decimal integer, got {v:?}"));
+    }
+    if v.parse::<i64>().is_err() {
+        return Err(format!("must be at most {}, got {v:?}", i64::MAX));
+    }
+    Ok(())
+}
+
 /// Reads and validates `<root>/pyproject.toml`.
 pub fn read(root: &Path) -> Result<AlgorithmConfig, String> {
     let path = root.join("pyproject.toml");
@@ -107,15 +148,7 @@ pub fn parse(doc: &toml::Table, file: &str) -> Result<AlgorithmConfig, String> {
         }
     };
     let name = get_str("name")?;
-    if name.contains('~') {
-        return Err(err(
-            "[project].name",
-            format!("must not contain '~' (got {name:?})"),
-        ));
-    }
-    if name.trim().is_empty() {
-        return Err(err("[project].name", "must not be empty".into()));
-    }
+    check_name(&name).map_err(|rule| err("[project].name", rule))?;
     let version = get_str("version")?;
     let mut parts = version.split('.');
     let major = parts.next().unwrap_or_default().to_string();
@@ -126,14 +159,19 @@ pub fn parse(doc: &toml::Table, file: &str) -> Result<AlgorithmConfig, String> {
             format!("must look like MAJOR.MINOR[...], got {version:?}"),
         ));
     };
-    if !is_decimal(&major) || !is_decimal(&minor) {
-        return Err(err(
-            "[project].version",
-            format!("major and minor must be decimal integers, got {version:?}"),
-        ));
+    for (part, value) in [("major", &major), ("minor", &minor)] {
+        check_version_number(value).map_err(|rule| {
+            err(
+                "[project].version",
+                format!("{part} {rule} (version {version:?})"),
+            )
+        })?;
     }
 
-    let mut warnings = Vec::new();
+    let mut warnings: Vec<String> = name_warning(&name)
+        .map(|w| format!("{file}: [project].name: {w}"))
+        .into_iter()
+        .collect();
     let empty = toml::Table::new();
     let tool = match doc.get("tool").and_then(|t| t.get("compox")) {
         Some(toml::Value::Table(t)) => t,
@@ -306,6 +344,44 @@ mod tests {
         assert!(p("[project]\nversion='1.0'\n")
             .unwrap_err()
             .contains("[project].name"));
+    }
+
+    #[test]
+    fn names_that_cannot_make_a_storage_key_are_rejected() {
+        for bad in ["../../evil", "..", "a/./b", "a\\..\\b", "a\0b", "  "] {
+            let text = format!(
+                "[project]\nname={}\nversion='1.0'\n",
+                toml::Value::from(bad)
+            );
+            let e = p(&text).unwrap_err();
+            assert!(
+                e.starts_with("x/pyproject.toml: [project].name: must"),
+                "{bad:?}: {e}"
+            );
+        }
+        for ok in ["...", "a.b", "org/algo", "Ünïcode name", ".hidden"] {
+            assert!(check_name(ok).is_ok(), "{ok:?}");
+        }
+        let c = p("[project]\nname='org/algo'\nversion='1.0'\n").unwrap();
+        assert!(
+            c.warnings.iter().any(|w| w.contains("slash")),
+            "{:?}",
+            c.warnings
+        );
+    }
+
+    #[test]
+    fn version_numbers_must_fit_an_i64() {
+        assert!(check_version_number("9223372036854775807").is_ok());
+        assert!(check_version_number("007").is_ok());
+        for bad in ["", "abc", "-1", "+1", " 1", "1.0", "9223372036854775808"] {
+            assert!(check_version_number(bad).is_err(), "{bad:?}");
+        }
+        let e = p("[project]\nname='a'\nversion='1.99999999999999999999'\n").unwrap_err();
+        assert!(
+            e.contains("[project].version: minor must be at most"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -25,6 +25,21 @@ pub fn record_key(record: &Value) -> String {
     )
 }
 
+/// Whether the record key of `name` and `major` can be stored: the checks every backend makes
+/// and the filesystem's file-name limit, so that a record can move between backends in a bundle.
+pub fn check_key_fits(name: &str, major: &str) -> Result<(), String> {
+    // Every algorithm id is a hyphenated UUID of this length.
+    let key = format!("{}~{name}~{major}", uuid::Uuid::nil());
+    crate::storage::filesystem::file_name(&key)
+        .map(drop)
+        .map_err(|e| match e {
+            crate::storage::StorageError::InvalidKey { reason, .. } => format!(
+                "the record key <algorithm id>~{name}~{major} is not a valid storage key: {reason}"
+            ),
+            other => other.to_string(),
+        })
+}
+
 pub fn minor_entry(timestamp: &str, module_id: &str, assets: &Map<String, Value>) -> Value {
     json!({ "timestamp": timestamp, "module_id": module_id, "assets": assets })
 }
@@ -295,6 +310,19 @@ pub fn to_pretty_bytes(record: &Value) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn record_keys_must_fit_every_backend() {
+        assert!(check_key_fits("noop", "1").is_ok());
+        let e = check_key_fits("../../evil", "1").unwrap_err();
+        assert!(e.contains("'..' path segment"), "{e}");
+        // 162 bytes of name and major make a 200-byte key, the storage limit.
+        assert!(check_key_fits(&"n".repeat(160), "1").is_ok());
+        assert!(check_key_fits(&"n".repeat(161), "10").is_err());
+        // Percent-encoding triples non-ASCII bytes; the file name must stay within 255.
+        let e = check_key_fits(&"é".repeat(60), "1").unwrap_err();
+        assert!(e.contains("too long once encoded"), "{e}");
+    }
 
     fn rec() -> Value {
         json!({

@@ -16,6 +16,7 @@ use hmac::{Hmac, Mac};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use sha2::Sha256;
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::AsyncWriteExt;
@@ -51,15 +52,7 @@ impl FilesystemBackend {
     }
 
     fn object_path(&self, collection: &str, key: &str) -> Result<PathBuf, StorageError> {
-        validate_key(key)?;
-        let name = encode_key(key);
-        if name.len() > MAX_FILE_NAME {
-            return Err(StorageError::InvalidKey {
-                key: key.to_string(),
-                reason: "too long once encoded for a file name",
-            });
-        }
-        Ok(self.bucket(collection).join(name))
+        Ok(self.bucket(collection).join(file_name(key)?))
     }
 
     fn tags_path(&self, collection: &str, key: &str) -> Result<PathBuf, StorageError> {
@@ -121,6 +114,20 @@ async fn remove_stale_staging(dir: &Path) {
     }
 }
 
+/// The file an object of `key` is stored in, or why it cannot be: [`validate_key`] and the
+/// file-name limit once encoded.
+pub fn file_name(key: &str) -> Result<String, StorageError> {
+    validate_key(key)?;
+    let name = encode_key(key);
+    if name.len() > MAX_FILE_NAME {
+        return Err(StorageError::InvalidKey {
+            key: key.to_string(),
+            reason: "too long once encoded for a file name",
+        });
+    }
+    Ok(name)
+}
+
 pub fn encode_key(key: &str) -> String {
     let encoded = utf8_percent_encode(key, KEY_SET).to_string();
     match encoded.strip_prefix('.') {
@@ -152,10 +159,7 @@ async fn write_staged(path: &Path, mut body: ByteStream, op: &str) -> Result<u64
             Err(e) => {
                 drop(file);
                 let _ = tokio::fs::remove_file(path).await;
-                return Err(match e.kind() {
-                    std::io::ErrorKind::InvalidData => StorageError::Rejected(e.to_string()),
-                    _ => StorageError::Aborted(e.to_string()),
-                });
+                return Err(super::body_error(e));
             }
         };
         if let Err(e) = file.write_all(&chunk).await {
@@ -344,10 +348,17 @@ impl Backend for FilesystemBackend {
                     .format("%Y-%m-%dT%H:%M:%S+00:00")
                     .to_string()
             });
+            let version = Some(format!(
+                "{}-{}.{:09}",
+                meta.ino(),
+                meta.mtime(),
+                meta.mtime_nsec()
+            ));
             out.push(ObjectInfo {
                 key,
                 size: meta.len(),
                 last_modified,
+                version,
             });
         }
         out.sort_by(|a, b| a.key.as_bytes().cmp(b.key.as_bytes()));

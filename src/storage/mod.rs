@@ -51,6 +51,11 @@ pub struct ObjectInfo {
     pub key: String,
     pub size: u64,
     pub last_modified: Option<String>,
+    /// A token that changes whenever the object is rewritten, for cheap change detection: the
+    /// ETag on S3; on the filesystem the inode and the modification time in nanoseconds (every
+    /// write renames a new file into place).
+    #[serde(skip)]
+    pub version: Option<String>,
 }
 
 /// Expiry per collection, in days (`*_expire_days`).
@@ -100,6 +105,16 @@ pub enum StorageError {
     /// The client went away before the body was complete.
     #[error("upload aborted: {0}")]
     Aborted(String),
+}
+
+/// What a failed read of an upload's body means: a check that ran while it streamed refused it
+/// (`InvalidData`), or the body ended early (the client went away).
+pub fn body_error(e: std::io::Error) -> StorageError {
+    match e.kind() {
+        std::io::ErrorKind::InvalidData => StorageError::Rejected(e.to_string()),
+        // actix describes an early end as "… before completing: None".
+        _ => StorageError::Aborted(e.to_string().trim_end_matches(": None").to_string()),
+    }
 }
 
 impl StorageError {

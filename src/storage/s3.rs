@@ -405,7 +405,7 @@ impl S3Backend {
                     Some(r) = in_flight.next(), if !in_flight.is_empty() => done.push(r?),
                     chunk = body.next(), if !ended && parts.full.is_empty() => match chunk {
                         Some(Ok(chunk)) => parts.push(chunk),
-                        Some(Err(e)) => return Err(body_error(e)),
+                        Some(Err(e)) => return Err(super::body_error(e)),
                         None => ended = true,
                     },
                 }
@@ -636,13 +636,6 @@ where
     }
 }
 
-fn body_error(e: std::io::Error) -> StorageError {
-    match e.kind() {
-        std::io::ErrorKind::InvalidData => StorageError::Rejected(e.to_string()),
-        _ => StorageError::Aborted(e.to_string()),
-    }
-}
-
 fn not_found(collection: &str, key: &str) -> StorageError {
     StorageError::NotFound {
         collection: collection.to_string(),
@@ -781,7 +774,7 @@ impl Backend for S3Backend {
                         break self.put_multipart(collection, key, parts, body).await?;
                     }
                 }
-                Some(Err(e)) => return Err(body_error(e)),
+                Some(Err(e)) => return Err(super::body_error(e)),
                 None => {
                     let small = parts.current.freeze();
                     self.put_small(collection, key, small.clone()).await?;
@@ -903,6 +896,7 @@ impl Backend for S3Backend {
                     key: key.to_string(),
                     size: obj.size().unwrap_or(0).max(0) as u64,
                     last_modified,
+                    version: obj.e_tag().map(str::to_string),
                 });
             }
         }
