@@ -3,7 +3,7 @@
 //! operator needs.
 
 use crate::config::{LogLevel, Settings};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -41,6 +41,7 @@ pub fn init(settings: &Settings) -> anyhow::Result<()> {
         .unwrap_or_else(|| filter(settings.logging.console_level));
     let console = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .with_filter(console_filter);
     let file_layer = if settings.log_path.is_empty() {
@@ -75,6 +76,7 @@ pub fn init_default() {
         .unwrap_or_else(|| filter(LogLevel::Info));
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .with_env_filter(filter)
         .try_init()

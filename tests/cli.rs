@@ -219,6 +219,37 @@ fn debug_run_uses_the_python_environment_and_spawn_worker_reports_the_executor()
     );
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(all.contains("Output dataset ids"), "{all}");
+    // Without either variable, a `.venv` in the current folder is the environment.
+    let here = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(common::venv(), here.path().join(".venv")).unwrap();
+    let bare = |cwd: &std::path::Path| {
+        compox()
+            .args(["debug", "run", "--algo"])
+            .arg(common::algorithms_dir().join("all_params"))
+            .arg("--data")
+            .arg(&img)
+            .current_dir(cwd)
+            .env_remove("COMPOX_INFERENCE__PYTHON_ENV")
+            .env_remove("VIRTUAL_ENV")
+            .output()
+            .unwrap()
+    };
+    let out = bare(here.path());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // An interpreter without the compox package gets a hint, not a bare ModuleNotFoundError.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = bare(elsewhere.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot import the compox package"),
+        "{stderr}"
+    );
     let out = compox().arg("spawn-worker").output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(

@@ -616,3 +616,38 @@ async fn trailing_slash_redirects_drop_every_slash_but_never_lead_to_the_root() 
         json!({"detail": "Not Found", "code": "http_404", "retryable": false})
     );
 }
+
+/// Framework-level refusals answer in the error model too: a JSON body over the 64 MiB limit
+/// (413) and a presigned URL without its signature fields (403, like a wrong signature).
+#[tokio::test]
+async fn oversized_bodies_and_unsigned_presigned_urls_get_json_errors() {
+    let s = Server::start_with(common::ServerOptions {
+        wait_ready: false,
+        ..Default::default()
+    });
+    let r = s
+        .client
+        .post(s.url("/api/v0/execute-algorithm"))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 65 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "http_413", "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("64 MiB"), "{v}");
+    for method in [reqwest::Method::GET, reqwest::Method::PUT] {
+        let r = s
+            .client
+            .request(method, s.url("/api/v1/presigned/data-store/x.h5"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 403);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["code"], "presigned_url_invalid", "{v}");
+    }
+    let (status, _) = s.get("/").await;
+    assert_eq!(status, 200);
+}

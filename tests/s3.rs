@@ -1606,3 +1606,43 @@ async fn aws_provider_with_no_credentials_anywhere_stops_startup_with_a_clear_er
     assert!(stderr.contains("default AWS chain"), "{stderr}");
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
+
+/// A MinIO that exits before it ever answers ends the start-up at once, with its exit status and
+/// its last output (not a 60 s wait on health checks while it is restarted over and over).
+#[tokio::test]
+async fn a_minio_that_exits_at_start_up_is_reported_with_its_output() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("minio");
+    std::fs::write(
+        &exe,
+        "#!/bin/sh\necho 'root password shorter than 8 characters' >&2\nexit 7\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = dir.path().join("compox.yaml");
+    let port = common::free_port();
+    let yaml = supervised_yaml(&exe, &dir.path().join("minio-data"), "");
+    std::fs::write(&config, format!("port: {port}\n{yaml}")).unwrap();
+    let out = std::process::Command::new(common::EXE)
+        .args(["run", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("MinIO exited before it answered"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("exit code 7") || stderr.contains("exit status: 7"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("root password shorter than 8 characters"),
+        "{stderr}"
+    );
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}

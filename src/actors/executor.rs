@@ -85,6 +85,17 @@ pub struct Executor {
     shutting_down: bool,
     /// Stops that arrived before their `RunExecution` (the pool dispatches asynchronously).
     early_stops: HashSet<String>,
+    /// Why this server killed the current worker, if it did: the log then says so instead of
+    /// guessing from the signal.
+    kill_reason: KillReason,
+}
+
+type KillReason = std::sync::Arc<std::sync::Mutex<Option<String>>>;
+
+fn set_kill_reason(reason: &KillReason, why: String) {
+    if let Ok(mut r) = reason.lock() {
+        r.get_or_insert(why);
+    }
 }
 
 impl Executor {
@@ -113,6 +124,7 @@ impl Executor {
             module_cache_dir: PathBuf::new(),
             shutting_down: false,
             early_stops: HashSet::new(),
+            kill_reason: KillReason::default(),
         }
     }
 
@@ -175,9 +187,11 @@ impl Executor {
             }
         });
         self.writer = Some(wtx);
+        self.kill_reason = KillReason::default();
         let me = ctx.address();
         let index = self.index;
         let pid = self.pid;
+        let kill_reason = self.kill_reason.clone();
         actix::spawn(async move {
             let mut out = stdout;
             loop {
@@ -187,6 +201,10 @@ impl Executor {
                     Err(e) => {
                         // A worker that breaks the protocol cannot be trusted: replace it.
                         tracing::error!(worker = index, error = %e, "bad frame from worker; killing it");
+                        set_kill_reason(
+                            &kill_reason,
+                            format!("killed by compox: it broke the worker protocol ({e})"),
+                        );
                         kill_group(pid);
                         break;
                     }
@@ -196,12 +214,17 @@ impl Executor {
         // Death is noticed by waiting on the process itself, not by its pipes closing: a child the
         // algorithm forked may hold them open.
         let me = ctx.address();
+        let kill_reason = self.kill_reason.clone();
         actix::spawn(async move {
-            let status = child
+            let exit = child
                 .wait()
                 .await
                 .map(describe_exit)
                 .unwrap_or_else(|e| format!("unknown ({e})"));
+            let status = match kill_reason.lock().ok().and_then(|r| r.clone()) {
+                Some(why) => why,
+                None => exit,
+            };
             kill_group(pid);
             me.do_send(WorkerExited {
                 generation,
@@ -338,7 +361,9 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
         return format!("exit code {code}");
     }
     match status.signal() {
-        Some(9) => "killed by signal 9 (SIGKILL; out of memory or killed)".into(),
+        Some(9) => {
+            "killed by signal 9 (SIGKILL: out of memory, or killed by another process)".into()
+        }
         Some(11) => "killed by signal 11 (SIGSEGV, segmentation fault)".into(),
         Some(6) => "killed by signal 6 (SIGABRT)".into(),
         Some(s) => format!("killed by signal {s}"),
@@ -610,6 +635,10 @@ impl Executor {
             if still {
                 if let Some(pid) = act.pid {
                     tracing::warn!(worker = act.index, execution_id = %id, "algorithm ignored the stop request; killing its worker");
+                    set_kill_reason(
+                        &act.kill_reason,
+                        "killed by compox with SIGKILL".into(),
+                    );
                     kill_group(Some(pid));
                 }
             }

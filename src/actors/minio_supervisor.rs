@@ -79,7 +79,17 @@ pub struct MinioSupervisor {
     stopping: bool,
     /// Restarts so far (logged with each restart).
     restarts: u64,
+    /// False until the first launch answered: an exit before that ends the start-up instead of
+    /// being restarted.
+    came_up: bool,
+    /// Why the first launch ended before it answered: its exit status and last output lines.
+    startup_failure: Option<String>,
+    /// The last lines MinIO wrote (both streams), for the start-up failure message.
+    recent: Recent,
 }
+
+type Recent = std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>;
+const RECENT_LINES: usize = 20;
 
 /// Starts MinIO and waits until it answers; the supervisor then keeps it up. `None` when a MinIO
 /// already answers at the endpoint: that one is used and left alone.
@@ -101,6 +111,9 @@ pub async fn start(launch: MinioLaunch) -> anyhow::Result<Option<Addr<MinioSuper
         backoff: FIRST_BACKOFF,
         stopping: false,
         restarts: 0,
+        came_up: false,
+        startup_failure: None,
+        recent: Recent::default(),
     }
     .start();
     if let Err(e) = addr
@@ -111,10 +124,11 @@ pub async fn start(launch: MinioLaunch) -> anyhow::Result<Option<Addr<MinioSuper
         let _ = addr.send(StopMinio).await;
         return Err(e);
     }
-    if let Err(e) = wait_healthy(&launch.endpoint, HEALTH_TIMEOUT).await {
+    if let Err(e) = wait_healthy(&launch.endpoint, HEALTH_TIMEOUT, &addr).await {
         let _ = addr.send(StopMinio).await;
         return Err(e);
     }
+    let _ = addr.send(CameUp).await;
     tracing::info!(log_type = "MINIO", endpoint = %launch.endpoint, "MinIO is up");
     Ok(Some(addr))
 }
@@ -133,7 +147,11 @@ async fn answers(endpoint: &str) -> bool {
 
 /// Polls `<endpoint>/minio/health/live` until it answers below 500 (MinIO answers 200 once it
 /// serves; a starting or stopping one answers 503 or not at all).
-async fn wait_healthy(endpoint: &str, timeout: Duration) -> anyhow::Result<()> {
+async fn wait_healthy(
+    endpoint: &str,
+    timeout: Duration,
+    supervisor: &Addr<MinioSupervisor>,
+) -> anyhow::Result<()> {
     let url = format!("{}/minio/health/live", endpoint.trim_end_matches('/'));
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
@@ -145,10 +163,15 @@ async fn wait_healthy(endpoint: &str, timeout: Duration) -> anyhow::Result<()> {
                 return Ok(());
             }
         }
+        if let Ok(Some(failure)) = supervisor.send(StartupFailure).await {
+            anyhow::bail!("MinIO exited before it answered at {url}: {failure}");
+        }
         if Instant::now() >= deadline {
+            let recent = supervisor.send(StartupFailure).await.ok().flatten();
             anyhow::bail!(
-                "MinIO did not become healthy at {url} within {}s (see its log lines above)",
-                timeout.as_secs()
+                "MinIO did not become healthy at {url} within {}s{}",
+                timeout.as_secs(),
+                recent.map(|r| format!(": {r}")).unwrap_or_default()
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -162,10 +185,16 @@ fn level_is_error(line: &str) -> bool {
         .any(|w| lower.contains(w))
 }
 
-async fn forward_lines<R: AsyncRead + Unpin>(reader: R, stream: &'static str) {
+async fn forward_lines<R: AsyncRead + Unpin>(reader: R, stream: &'static str, recent: Recent) {
     let mut lines = BufReader::new(reader).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let line = line.trim_end();
+        if let Ok(mut r) = recent.lock() {
+            if r.len() == RECENT_LINES {
+                r.pop_front();
+            }
+            r.push_back(line.to_string());
+        }
         if level_is_error(line) {
             tracing::error!(log_type = "MINIO", stream, "{line}");
         } else {
@@ -213,10 +242,10 @@ impl MinioSupervisor {
         let pid = child.id();
         tracing::info!(log_type = "MINIO", pid, generation, "MinIO started");
         if let Some(out) = child.stdout.take() {
-            actix::spawn(forward_lines(out, "stdout"));
+            actix::spawn(forward_lines(out, "stdout", self.recent.clone()));
         }
         if let Some(err) = child.stderr.take() {
-            actix::spawn(forward_lines(err, "stderr"));
+            actix::spawn(forward_lines(err, "stderr", self.recent.clone()));
         }
         let (kill_tx, kill_rx) = oneshot::channel::<oneshot::Sender<()>>();
         let me = ctx.address();
@@ -282,6 +311,21 @@ impl Handler<Exited> for MinioSupervisor {
         if !current || self.stopping {
             return;
         }
+        if !self.came_up {
+            // Not restarted: the start-up reports it (a bad binary or settings fail every time).
+            self.running = None;
+            let lines = self
+                .recent
+                .lock()
+                .map(|r| r.iter().cloned().collect::<Vec<_>>().join(" | "))
+                .unwrap_or_default();
+            self.startup_failure = Some(if lines.is_empty() {
+                format!("{} (it wrote nothing)", msg.status)
+            } else {
+                format!("{}; its last output: {lines}", msg.status)
+            });
+            return;
+        }
         let uptime = self.running.take().map(|r| r.started.elapsed());
         if uptime.is_some_and(|u| u >= STABLE_UPTIME) {
             self.backoff = FIRST_BACKOFF;
@@ -325,6 +369,30 @@ impl Handler<Exited> for MinioSupervisor {
                 });
             }
         });
+    }
+}
+
+/// The first launch answered: from now on an exit is restarted.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CameUp;
+
+impl Handler<CameUp> for MinioSupervisor {
+    type Result = ();
+    fn handle(&mut self, _: CameUp, _: &mut Self::Context) {
+        self.came_up = true;
+    }
+}
+
+/// Why the first launch ended before answering, if it did.
+#[derive(Message)]
+#[rtype(result = "Option<String>")]
+struct StartupFailure;
+
+impl Handler<StartupFailure> for MinioSupervisor {
+    type Result = Option<String>;
+    fn handle(&mut self, _: StartupFailure, _: &mut Self::Context) -> Option<String> {
+        self.startup_failure.clone()
     }
 }
 

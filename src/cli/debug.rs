@@ -2,8 +2,8 @@
 //!
 //! Debugging runs an algorithm in the workers' Python environment with in-memory storage; the
 //! work is done by the `compox.algorithm_debug` module, so this command only picks the
-//! interpreter: the environment in `COMPOX_INFERENCE__PYTHON_ENV`, else `VIRTUAL_ENV`, else the
-//! interpreter the binary was built against.
+//! interpreter: the environment in `COMPOX_INFERENCE__PYTHON_ENV`, else `VIRTUAL_ENV`, else a
+//! `.venv` in the current folder, else the interpreter the binary was built against.
 
 use crate::config::ExecutorSettings;
 use std::path::PathBuf;
@@ -15,11 +15,28 @@ fn python() -> PathBuf {
             .as_deref(),
     ) {
         Some(env) => env.join("bin/python"),
+        None if std::path::Path::new(".venv/bin/python").is_file() => {
+            crate::config::absolute(std::path::Path::new(".venv/bin/python"))
+        }
         None => PathBuf::from(option_env!("COMPOX_BUILD_PYTHON").unwrap_or("python3")),
     }
 }
 
 pub fn run(args: &[String]) -> i32 {
+    let has_compox = std::process::Command::new(python())
+        .args(["-c", "import compox.algorithm_debug"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_compox {
+        eprintln!(
+            "compox debug: {} cannot import the compox package. Point VIRTUAL_ENV or \
+             COMPOX_INFERENCE__PYTHON_ENV at the environment the workers use (the one with \
+             compox and the algorithm's packages, e.g. .venv from scripts/setup-python.sh).",
+            python().display()
+        );
+        return 1;
+    }
     let status = std::process::Command::new(python())
         .args(["-m", "compox.algorithm_debug"])
         .args(args)

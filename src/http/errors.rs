@@ -25,7 +25,9 @@ impl ResponseError for ApiError {
                 "retryable": true,
             }));
         }
-        if status.is_server_error() {
+        if self.client_aborted() {
+            tracing::info!(error = %self, "request body ended early (the client went away)");
+        } else if status.is_server_error() {
             tracing::error!(error = %self, code = %self.row().code, "request failed");
         }
         HttpResponse::build(status).json(self.body())
@@ -33,6 +35,16 @@ impl ResponseError for ApiError {
 }
 
 impl ApiError {
+    /// An upload whose body ended early: the client's doing, not a server fault.
+    fn client_aborted(&self) -> bool {
+        use crate::errors::FileError;
+        use crate::storage::StorageError::Aborted;
+        matches!(
+            self,
+            ApiError::Storage(Aborted(_)) | ApiError::File(FileError::UploadFailed(Aborted(_)))
+        )
+    }
+
     /// True when the failure is an actor restart (answered 503, retryable).
     fn restarting(&self) -> bool {
         use crate::errors::{DeployError, FileError};

@@ -208,6 +208,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(
         web::resource("/api/v1/presigned/{collection}/{key:.*}")
+            // A URL without its signature fields is as invalid as one with a wrong signature.
+            .app_data(web::QueryConfig::default().error_handler(|_, _| {
+                crate::errors::ApiError::from(crate::errors::FileError::PresignedUrlInvalid).into()
+            }))
             .route(web::get().to(files::presigned_download))
             .route(web::put().to(files::presigned_upload))
             .default_service(na()),
@@ -217,6 +221,24 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::resource("/_test/fault/{actor}").route(web::post().to(root::inject_fault)),
         );
     }
+}
+
+/// Largest JSON body a route reads (uploads stream and have no limit).
+const MAX_JSON_BODY: usize = 64 * 1024 * 1024;
+
+/// The framework's plain-text 413 for a JSON body over [`MAX_JSON_BODY`], in our error model.
+fn too_large<B>(
+    res: ServiceResponse<B>,
+) -> actix_web::Result<actix_web::middleware::ErrorHandlerResponse<B>> {
+    let (req, _) = res.into_parts();
+    let body = crate::errors::ApiError::Http {
+        status: 413,
+        detail: "The request body is larger than 64 MiB",
+    };
+    let res = ServiceResponse::new(req, actix_web::ResponseError::error_response(&body));
+    Ok(actix_web::middleware::ErrorHandlerResponse::Response(
+        res.map_into_right_body(),
+    ))
 }
 
 /// Builds the app for one HTTP worker thread.
@@ -234,9 +256,13 @@ pub fn app(
     let cors = cors::Cors::new(state.settings.middleware.clone());
     App::new()
         .app_data(web::Data::new(state))
-        .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
+        .app_data(web::PayloadConfig::new(MAX_JSON_BODY))
         .configure(configure)
         .default_service(web::to(errors::not_found))
+        .wrap(
+            actix_web::middleware::ErrorHandlers::new()
+                .handler(actix_web::http::StatusCode::PAYLOAD_TOO_LARGE, too_large),
+        )
         .wrap_fn(move |req, srv| {
             let origin = req
                 .headers()

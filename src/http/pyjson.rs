@@ -10,13 +10,53 @@ const WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
 /// A decoding failure: character offset and CPython's message.
 type Failure = (usize, &'static str);
 
+/// Deepest nesting of arrays and objects a body may have: serde_json's own limit, so whatever
+/// serde parses, the scanner below (which recurses once per level) may describe safely.
+pub const MAX_DEPTH: usize = 128;
+/// The message for a body nested deeper than [`MAX_DEPTH`] (Python's limit is its recursion
+/// limit, about 1000 levels, so this is ours, not CPython's).
+pub const TOO_DEEP: &str = "Nesting deeper than 128 arrays or objects is not supported";
+
+/// The character offset of the first `[` or `{` that opens level [`MAX_DEPTH`] + 1, if any.
+/// Iterative, so it is safe on any input; brackets inside strings do not count.
+pub fn too_deep(text: &str) -> Option<usize> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (offset, c) in text.chars().enumerate() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '[' | '{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Some(offset);
+                }
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
 /// The failure Python would report for `text`, or `None` when Python would accept it (for example
 /// `NaN`, or integers and floats beyond what serde reads).
 pub fn python_json_error(text: &str) -> Option<Failure> {
+    if let Some(at) = too_deep(text) {
+        return Some((at, TOO_DEEP));
+    }
     let s: Vec<char> = text.chars().collect();
     Scanner { s: &s }.document().err()
 }
 
+/// Recursive descent; [`python_json_error`] only lets it see texts at most [`MAX_DEPTH`] deep.
 struct Scanner<'a> {
     s: &'a [char],
 }
@@ -205,6 +245,22 @@ enum Next {
 #[cfg(test)]
 mod tests {
     use super::python_json_error as err;
+    use super::{too_deep, MAX_DEPTH, TOO_DEEP};
+
+    #[test]
+    fn nesting_is_bounded_without_recursion() {
+        let deep = "[".repeat(100_000);
+        assert_eq!(too_deep(&deep), Some(MAX_DEPTH));
+        assert_eq!(err(&deep), Some((MAX_DEPTH, TOO_DEEP)));
+        let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert_eq!(too_deep(&ok), None);
+        assert_eq!(err(&ok), None);
+        // Brackets inside strings, escaped quotes included, are text.
+        let text = format!("{{\"a\": \"\\\"{}\"}}", "[".repeat(500));
+        assert_eq!(too_deep(&text), None, "{text}");
+        let mixed = format!("{{\"a\": {}", "{\"b\": ".repeat(200));
+        assert_eq!(too_deep(&mixed), Some(6 + 6 * (MAX_DEPTH - 1)));
+    }
 
     /// Each case with the answer of CPython 3.11's `json.loads`.
     #[test]
