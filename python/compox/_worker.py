@@ -150,18 +150,26 @@ def _run_with_handler(
         )
 
 
-def _execute(handler: TaskHandler, record: Dict[str, Any], algorithm_record: Any) -> None:
-    handler.logger.info("Fetching algorithm...")
+def _fetch_runner(handler: Any, record: Dict[str, Any], message: str, **options: Any) -> Any:
+    """Log ``message``, fetch the record's algorithm with ``options`` and log how long it took."""
+    handler.logger.info(message)
     started = datetime.now()
-    runner = handler.fetch_algorithm(
-        record["algorithm_id"],
+    runner = handler.fetch_algorithm(record["algorithm_id"], **options)
+    handler.logger.info(
+        f"Algorithm fetched in {(datetime.now() - started).total_seconds()} seconds."
+    )
+    return runner
+
+
+def _execute(handler: TaskHandler, record: Dict[str, Any], algorithm_record: Any) -> None:
+    runner = _fetch_runner(
+        handler,
+        record,
+        "Fetching algorithm...",
         execution_device_override=record.get("execution_device_override"),
         checkpoint_id=record.get("checkpoint_id"),
         algorithm_minor_version=record.get("algorithm_minor_version"),
         algorithm_record=algorithm_record,
-    )
-    handler.logger.info(
-        f"Algorithm fetched in {(datetime.now() - started).total_seconds()} seconds."
     )
     runner.run(
         {"input_dataset_ids": record.get("input_dataset_ids") or []},
@@ -171,27 +179,21 @@ def _execute(handler: TaskHandler, record: Dict[str, Any], algorithm_record: Any
 
 def _benchmark(handler: Any, record: Dict[str, Any], algorithm_record: Any) -> None:
     """``training.md`` §5.3: latest minor version, no checkpoint, default device."""
-    handler.logger.info("Fetching algorithm for benchmark...")
-    started = datetime.now()
-    runner = handler.fetch_algorithm(record["algorithm_id"], algorithm_record=algorithm_record)
-    handler.logger.info(
-        f"Algorithm fetched in {(datetime.now() - started).total_seconds()} seconds."
+    runner = _fetch_runner(
+        handler, record, "Fetching algorithm for benchmark...", algorithm_record=algorithm_record
     )
     runner.run_benchmark(args=record.get("additional_parameters"))
 
 
 def _train(handler: Any, record: Dict[str, Any], algorithm_record: Any) -> None:
     """``training.md`` §3.3 steps 4–5: default device, the requested checkpoint and minor."""
-    handler.logger.info("Fetching algorithm...")
-    started = datetime.now()
-    runner = handler.fetch_algorithm(
-        record["algorithm_id"],
+    runner = _fetch_runner(
+        handler,
+        record,
+        "Fetching algorithm...",
         checkpoint_id=record.get("checkpoint_id"),
         algorithm_minor_version=record.get("algorithm_minor_version"),
         algorithm_record=algorithm_record,
-    )
-    handler.logger.info(
-        f"Algorithm fetched in {(datetime.now() - started).total_seconds()} seconds."
     )
     runner.run_training(list(record.get("training_data") or []), args=record.get("additional_parameters"))
 

@@ -12,10 +12,11 @@ into the per-execution runner context (:mod:`compox.algorithm_utils.runner_conte
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 from abc import ABC, abstractmethod
-from typing import Any, Dict, List, Optional, Type
+from typing import Any, Dict, Iterator, List, Optional, Type
 
 from compox.algorithm_utils.runner_context import active_runner_context, begin_runner_context
 from compox.exceptions import (
@@ -142,7 +143,7 @@ class BaseRunner(ABC):
         if not args:
             args = {}
         started = time.perf_counter()
-        try:
+        with _failure_recorded(handler):
             output = self.postprocess_base(
                 self.inference_base(self.preprocess_base(input_data, args), args), args
             )
@@ -150,11 +151,6 @@ class BaseRunner(ABC):
                 f"Execution completed in {round(time.perf_counter() - started, 2)} seconds."
             )
             handler.mark_as_completed(output)
-        except TaskStoppedException:
-            raise
-        except Exception as error:
-            handler.mark_as_failed(error)
-            raise
         return None
 
     def preprocess_base(
@@ -273,7 +269,7 @@ class BaseRunner(ABC):
         handler.logger.info("Starting training.")
         handler.status = "RUNNING"
         started = time.perf_counter()
-        try:
+        with _failure_recorded(handler):
             self.train(training_data, args or {})
             handler.logger.info(
                 f"Training completed in {round(time.perf_counter() - started, 2)} seconds."
@@ -288,11 +284,6 @@ class BaseRunner(ABC):
                 handler.mark_as_failed(error)
                 raise error
             handler.mark_as_completed()
-        except TaskStoppedException:
-            raise
-        except Exception as error:
-            handler.mark_as_failed(error)
-            raise
         return None
 
     def train(self, training_data: List[str], args: Optional[Dict[str, Any]] = None) -> None:
@@ -368,21 +359,28 @@ class BaseRunner(ABC):
         handler = self.task_handler
         handler.logger.info("Starting benchmark.")
         started = time.perf_counter()
-        try:
+        with _failure_recorded(handler):
             results = self.benchmark(args or {}) or {}
             handler.logger.info(
                 f"Benchmark completed in {round(time.perf_counter() - started, 2)} seconds."
             )
             handler.mark_as_completed(results)
-        except TaskStoppedException:
-            raise
-        except Exception as error:
-            handler.mark_as_failed(error)
-            raise
 
     def benchmark(self, args: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         self.task_handler.logger.error("The benchmark method is not implemented by this algorithm.")
         raise NotImplementedError("The benchmark method is not implemented by this algorithm.")
+
+
+@contextlib.contextmanager
+def _failure_recorded(handler: Any) -> Iterator[None]:
+    """Record FAILED on ``handler`` for an error escaping a stage, then re-raise it."""
+    try:
+        yield
+    except TaskStoppedException:
+        raise
+    except Exception as error:
+        handler.mark_as_failed(error)
+        raise
 
 
 __all__ = ["BaseRunner"]

@@ -18,10 +18,9 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, Optional
 
-from compox._process_log import process_log
 from compox._time import record_timestamp
-from compox.exceptions import CompoxTaskError, TaskStoppedException
-from compox.tasks.TaskHandler import VALID_STATUSES, TaskHandler
+from compox.exceptions import CompoxTaskError
+from compox.tasks.TaskHandler import TaskHandler
 
 # The fields of a benchmark record a worker may write.
 _BENCHMARK_FIELDS = frozenset({"status", "time_completed", "log", "data"})
@@ -65,6 +64,7 @@ class BenchmarkHandler(TaskHandler):
 
     _RECORD_STORAGE_NAME = "benchmark-store"
     _RECORD_ID_FIELD = "benchmark_id"
+    _TASK_KIND = "benchmark"
 
     @property
     def progress(self) -> float:
@@ -76,18 +76,6 @@ class BenchmarkHandler(TaskHandler):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"Progress must be between 0 and 1. Got: {value}")
         self._progress = value
-
-    @property
-    def status(self) -> Optional[str]:
-        return self._status
-
-    @status.setter
-    def status(self, value: str) -> None:
-        self._raise_if_stopped()
-        if value not in VALID_STATUSES:
-            raise ValueError(f"Invalid status. Got: {value}")
-        self._status = value
-        self._write_record({"status": value}, "status")
 
     def _write_record(self, fields: Dict[str, Any], field_name: str) -> None:
         kept = {k: v for k, v in fields.items() if k in _BENCHMARK_FIELDS}
@@ -107,30 +95,12 @@ class BenchmarkHandler(TaskHandler):
         )
         self._status = "COMPLETED"
 
-    def mark_as_failed(self, e: Any = None) -> None:
-        if isinstance(e, TaskStoppedException) or self._stopped_written:
-            return
-        if e is not None and e is self._recorded_failure:
-            return
-        if isinstance(e, BaseException):
-            self.logger.opt(exception=e).error("Benchmark failed")
-        elif e is not None:
-            self.logger.error(f"Benchmark failed: {e}")
-        self._log_file_stats()
-        now = record_timestamp()
-        try:
-            self.database_connection.update_record(
-                {"status": "FAILED", "time_completed": now, "data": {}, "log": self.log}
-            )
-            self._recorded_failure = e if isinstance(e, BaseException) else None
-        except Exception as write_error:
-            process_log.error(
-                "Could not record the failure of benchmark %s: %s", self._task_id, write_error
-            )
-        finally:
-            self._status = "FAILED"
-            self._time_completed = now
-            self._task_log.close()
+    def _failed_fields(self, e: Any, now: str) -> Dict[str, Any]:
+        return {"status": "FAILED", "time_completed": now, "data": {}, "log": self.log}
+
+    def _forget_results(self) -> None:
+        # Nothing to forget: progress stays in memory as it was and there are no output ids.
+        pass
 
 
 __all__ = ["BenchmarkHandler", "json_safe_results"]

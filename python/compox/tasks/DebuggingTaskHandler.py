@@ -25,25 +25,16 @@ from compox.exceptions import CompoxAssetError
 from compox.tasks.TaskHandler import TaskHandler
 
 
-class DebuggingTaskHandler(TaskHandler):
-    def __init__(self, task_id: str) -> None:
-        connection = InMemoryBridge(collections=("data-store", "execution-store"))
-        connection.begin_task({"execution_id": task_id})
-        self.path_to_algorithm: Optional[str] = None
-        super().__init__(task_id, connection, database_update=False, task_session=None)
+class LocalAlgorithmFolder:
+    """What both debugging handlers share: log lines on stderr, a Runner loaded from a folder
+    and assets read from that folder (``self.path_to_algorithm``, ``None`` until loaded)."""
+
+    path_to_algorithm: Optional[str]
 
     def _console_stream(self) -> Optional[Callable[[], TextIO]]:
         return lambda: sys.stderr
 
-    def fetch_algorithm(  # type: ignore[override]
-        self, path_to_algorithm: str, device: str = "cpu"
-    ) -> Any:
-        """Import ``Runner`` from an algorithm folder, initialise it and load its assets."""
-        path = os.path.abspath(path_to_algorithm)
-        if device == "gpu":
-            self.logger.warning("Device 'gpu' is a device class; using the runtime device 'cuda'.")
-            device = "cuda"
-
+    def _load_local_runner(self, path: str, device: str) -> Any:
         runner_class = _import_runner(path)
         self.path_to_algorithm = path
         runner = runner_class.__new__(runner_class)
@@ -51,10 +42,9 @@ class DebuggingTaskHandler(TaskHandler):
         runner._load_assets()
         return runner
 
-    def fetch_asset(self, asset_path: str) -> io.BytesIO:
-        if self.path_to_algorithm is None:
-            return super().fetch_asset(asset_path)
-        full_path = os.path.join(self.path_to_algorithm, asset_path.replace("\\", "/"))
+    def _read_local_asset(self, relative_path: str, asset_path: str) -> io.BytesIO:
+        """The bytes of ``relative_path`` in the folder; ``asset_path`` names it in errors."""
+        full_path = os.path.join(self.path_to_algorithm or "", relative_path)
         try:
             with open(full_path, "rb") as handle:
                 return io.BytesIO(handle.read())
@@ -65,6 +55,30 @@ class DebuggingTaskHandler(TaskHandler):
                 details={"asset_path": asset_path},
                 cause=error,
             ) from error
+
+
+class DebuggingTaskHandler(LocalAlgorithmFolder, TaskHandler):
+    def __init__(self, task_id: str) -> None:
+        connection = InMemoryBridge(collections=("data-store", "execution-store"))
+        connection.begin_task({"execution_id": task_id})
+        self.path_to_algorithm = None
+        super().__init__(task_id, connection, database_update=False, task_session=None)
+
+    def fetch_algorithm(  # type: ignore[override]
+        self, path_to_algorithm: str, device: str = "cpu"
+    ) -> Any:
+        """Import ``Runner`` from an algorithm folder, initialise it and load its assets."""
+        path = os.path.abspath(path_to_algorithm)
+        if device == "gpu":
+            self.logger.warning("Device 'gpu' is a device class; using the runtime device 'cuda'.")
+            device = "cuda"
+
+        return self._load_local_runner(path, device)
+
+    def fetch_asset(self, asset_path: str) -> io.BytesIO:
+        if self.path_to_algorithm is None:
+            return super().fetch_asset(asset_path)
+        return self._read_local_asset(asset_path.replace("\\", "/"), asset_path)
 
 
 def _import_runner(path: str) -> Any:

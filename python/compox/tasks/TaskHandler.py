@@ -24,12 +24,13 @@ error and carries on therefore still completes normally.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Type
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple, Type
 
 from pydantic import ValidationError
 
@@ -77,6 +78,8 @@ class TaskHandler:
     _RECORD_STORAGE_NAME = "execution-store"
     _RECORD_ID_FIELD = "execution_id"
     _ALGORITHM_CACHE_MAXSIZE = 1
+    # What log lines call this handler's task ("Task failed", "benchmark 42").
+    _TASK_KIND = "task"
 
     def __init__(
         self,
@@ -258,13 +261,30 @@ class TaskHandler:
         if e is not None and e is self._recorded_failure:
             return
 
+        kind = self._TASK_KIND
         if isinstance(e, BaseException):
-            self.logger.opt(exception=e).error("Task failed")
+            self.logger.opt(exception=e).error(f"{kind.capitalize()} failed")
         elif e is not None:
-            self.logger.error(f"Task failed: {e}")
+            self.logger.error(f"{kind.capitalize()} failed: {e}")
         self._log_file_stats()
 
         now = record_timestamp()
+        try:
+            self.database_connection.update_record(self._failed_fields(e, now))
+            self._recorded_failure = e if isinstance(e, BaseException) else None
+        except Exception as write_error:
+            # The Rust side keeps the emergency record when this write fails.
+            process_log.error(
+                "Could not record the failure of %s %s: %s", kind, self._task_id, write_error
+            )
+        finally:
+            self._status = "FAILED"
+            self._time_completed = now
+            self._forget_results()
+            self._task_log.close()
+
+    def _failed_fields(self, e: Any, now: str) -> Dict[str, Any]:
+        """The one record write of :meth:`mark_as_failed`."""
         fields: Dict[str, Any] = {
             "status": "FAILED",
             "progress": 1.0,
@@ -274,21 +294,36 @@ class TaskHandler:
         }
         if e is not None:
             fields["error"] = error_failure_payload(e)
+        return fields
 
+    def _forget_results(self) -> None:
+        """Bring the in-memory fields in line with what :meth:`_failed_fields` wrote."""
+        self._progress = 1.0
+        self._output_dataset_ids = []
+
+    @contextlib.contextmanager
+    def _failure_recorded(
+        self, wrap: Optional[Callable[[Exception], CompoxError]] = None
+    ) -> Iterator[None]:
+        """Record FAILED for an error escaping the block, then let it go on.
+
+        Stops pass untouched; with ``wrap``, foreign (non-compox) errors are replaced by
+        ``wrap(error)``, which is recorded and raised instead.
+        """
         try:
-            self.database_connection.update_record(fields)
-            self._recorded_failure = e if isinstance(e, BaseException) else None
-        except Exception as write_error:
-            # The Rust side keeps the emergency record when this write fails.
-            process_log.error(
-                "Could not record the failure of task %s: %s", self._task_id, write_error
-            )
-        finally:
-            self._status = "FAILED"
-            self._progress = 1.0
-            self._time_completed = now
-            self._output_dataset_ids = []
-            self._task_log.close()
+            yield
+        except TaskStoppedException:
+            raise
+        except CompoxError as error:
+            self.mark_as_failed(error)
+            raise
+        except Exception as error:
+            if wrap is None:
+                self.mark_as_failed(error)
+                raise
+            wrapped = wrap(error)
+            self.mark_as_failed(wrapped)
+            raise wrapped from error
 
     def mark_as_stopped(self) -> None:
         """Finish the record as STOPPED and raise :class:`TaskStoppedException`."""
@@ -481,7 +516,16 @@ class TaskHandler:
         started = time.perf_counter()
         self.logger.info(f"Fetching algorithm {algorithm_id} from the database.")
         self.logger.info("Loading the algorithm.")
-        try:
+
+        def failure(error: Exception) -> CompoxError:
+            return CompoxAlgorithmError(
+                "Failed to fetch algorithm",
+                code="algorithm_fetch_failed",
+                details={"algorithm_id": algorithm_id},
+                cause=error,
+            )
+
+        with self._failure_recorded(failure):
             runner = self._fetch_algorithm(
                 algorithm_id,
                 execution_device_override,
@@ -489,20 +533,6 @@ class TaskHandler:
                 algorithm_minor_version,
                 algorithm_record,
             )
-        except TaskStoppedException:
-            raise
-        except CompoxError as error:
-            self.mark_as_failed(error)
-            raise
-        except Exception as error:
-            wrapped = CompoxAlgorithmError(
-                "Failed to fetch algorithm",
-                code="algorithm_fetch_failed",
-                details={"algorithm_id": algorithm_id},
-                cause=error,
-            )
-            self.mark_as_failed(wrapped)
-            raise wrapped from error
 
         elapsed = round(time.perf_counter() - started, 8)
         self.logger.info(f"Algorithm runner successfully loaded in {elapsed} seconds.")
@@ -587,18 +617,7 @@ class TaskHandler:
     def _overlay_checkpoint(
         self, assets: Dict[str, str], checkpoint_id: str, algorithm_id: Optional[str] = None
     ) -> Dict[str, str]:
-        try:
-            manifest = json.loads(
-                self.database_connection.get_object("algorithm-checkpoint-store", checkpoint_id)
-            )
-            overlay = dict(manifest.get("assets") or {})
-        except Exception as error:
-            raise CompoxCheckpointError(
-                f"Failed to load checkpoint '{checkpoint_id}'.",
-                code="checkpoint_load_failed",
-                details={"checkpoint_id": checkpoint_id},
-                cause=error,
-            ) from error
+        manifest, overlay = self._load_checkpoint_manifest(checkpoint_id)
 
         # A checkpoint of another algorithm is refused (training.md §4.4 quirk fix); manifests
         # without a parent id (hand-written, legacy) are accepted as before.
@@ -617,6 +636,23 @@ class TaskHandler:
                 details={"checkpoint_id": checkpoint_id, "unknown_asset_paths": unknown},
             )
         return {**assets, **overlay}
+
+    def _load_checkpoint_manifest(
+        self, checkpoint_id: str
+    ) -> Tuple[Dict[str, Any], Dict[str, str]]:
+        """The checkpoint's manifest and its asset map; a failure is ``checkpoint_load_failed``."""
+        try:
+            manifest = json.loads(
+                self.database_connection.get_object("algorithm-checkpoint-store", checkpoint_id)
+            )
+            return manifest, dict(manifest.get("assets") or {})
+        except Exception as error:
+            raise CompoxCheckpointError(
+                f"Failed to load checkpoint '{checkpoint_id}'.",
+                code="checkpoint_load_failed",
+                details={"checkpoint_id": checkpoint_id},
+                cause=error,
+            ) from error
 
     def _set_resolved_execution_device(self, device: str) -> None:
         self._raise_if_stopped()

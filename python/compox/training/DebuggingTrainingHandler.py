@@ -16,16 +16,13 @@ paths the checkpoint does not replace.
 from __future__ import annotations
 
 import io
-import json
 import os
-import sys
 import uuid
-from typing import Any, Callable, Dict, List, Optional, TextIO
+from typing import Any, Dict, List, Optional
 
 from compox._bridge_memory import InMemoryBridge
 from compox._time import record_timestamp
-from compox.exceptions import CompoxAssetError, CompoxCheckpointError
-from compox.tasks.DebuggingTaskHandler import _import_runner
+from compox.tasks.DebuggingTaskHandler import LocalAlgorithmFolder
 from compox.training.TempStore import TempStore
 from compox.training.TrainingHandler import TrainingHandler
 
@@ -39,7 +36,7 @@ COLLECTIONS = (
 _CODE_SUFFIXES = (".py", ".pyc")
 
 
-class DebuggingTrainingHandler(TrainingHandler):
+class DebuggingTrainingHandler(LocalAlgorithmFolder, TrainingHandler):
     def __init__(
         self,
         database_connection: Optional[InMemoryBridge] = None,
@@ -67,7 +64,7 @@ class DebuggingTrainingHandler(TrainingHandler):
             "output_checkpoint_ids": [],
         }
         connection.begin_task(record, id_field="training_id")
-        self.path_to_algorithm: Optional[str] = None
+        self.path_to_algorithm = None
         self._checkpoint_assets: Dict[str, str] = {}
         super().__init__(
             training_id,
@@ -76,9 +73,6 @@ class DebuggingTrainingHandler(TrainingHandler):
             temp_store=temp_store or TempStore(),
             training_record=record,
         )
-
-    def _console_stream(self) -> Optional[Callable[[], TextIO]]:
-        return lambda: sys.stderr
 
     def fetch_algorithm(  # type: ignore[override]
         self, path_to_algorithm: str, device: str = "cpu", checkpoint_id: Optional[str] = None
@@ -89,24 +83,8 @@ class DebuggingTrainingHandler(TrainingHandler):
             device = "cuda"
         self._checkpoint_assets = {}
         if checkpoint_id is not None:
-            try:
-                manifest = json.loads(
-                    self.database_connection.get_object("algorithm-checkpoint-store", checkpoint_id)
-                )
-            except Exception as error:
-                raise CompoxCheckpointError(
-                    f"Failed to load checkpoint '{checkpoint_id}'.",
-                    code="checkpoint_load_failed",
-                    details={"checkpoint_id": checkpoint_id},
-                    cause=error,
-                ) from error
-            self._checkpoint_assets = dict(manifest.get("assets") or {})
-        runner_class = _import_runner(path)
-        self.path_to_algorithm = path
-        runner = runner_class.__new__(runner_class)
-        runner.initialize(device=device)
-        runner._load_assets()
-        return runner
+            _manifest, self._checkpoint_assets = self._load_checkpoint_manifest(checkpoint_id)
+        return self._load_local_runner(path, device)
 
     def _allowed_asset_paths(self) -> List[str]:
         if self.path_to_algorithm is None:
@@ -127,16 +105,7 @@ class DebuggingTrainingHandler(TrainingHandler):
             return io.BytesIO(body)
         if self.path_to_algorithm is None:
             return super().fetch_asset(asset_path)
-        try:
-            with open(os.path.join(self.path_to_algorithm, wanted), "rb") as handle:
-                return io.BytesIO(handle.read())
-        except FileNotFoundError as error:
-            raise CompoxAssetError(
-                f"Asset path '{asset_path}' is not registered for the algorithm.",
-                code="asset_path_not_found",
-                details={"asset_path": asset_path},
-                cause=error,
-            ) from error
+        return self._read_local_asset(wanted, asset_path)
 
 
 __all__ = ["DebuggingTrainingHandler"]

@@ -27,7 +27,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Type, TypeVar
 from compox.exceptions import (
     CompoxAssetError,
     CompoxCheckpointError,
-    CompoxError,
     CompoxNotFoundError,
     CompoxStateError,
     CompoxTaskError,
@@ -53,17 +52,10 @@ def _records_failure(code: str, message: str) -> Callable[[F], F]:
     def decorate(method: F) -> F:
         @functools.wraps(method)
         def wrapper(self: "TrainingHandler", *args: Any, **kwargs: Any) -> Any:
-            try:
+            with self._failure_recorded(
+                lambda error: CompoxTrainingError(message, code=code, cause=error)
+            ):
                 return method(self, *args, **kwargs)
-            except TaskStoppedException:
-                raise
-            except CompoxError as error:
-                self.mark_as_failed(error)
-                raise
-            except Exception as error:
-                wrapped = CompoxTrainingError(message, code=code, cause=error)
-                self.mark_as_failed(wrapped)
-                raise wrapped from error
 
         return wrapper  # type: ignore[return-value]
 
@@ -157,13 +149,8 @@ class TrainingHandler(TaskHandler):
         self, assets: Dict[str, bytes], properties: Optional[Dict[str, Any]] = None
     ) -> str:
         """§4.2: returns the new checkpoint id; any error marks the training FAILED."""
-        try:
+        with self._failure_recorded():
             return self._save_checkpoint(assets, dict(properties or {}))
-        except TaskStoppedException:
-            raise
-        except Exception as error:
-            self.mark_as_failed(error)
-            raise
 
     def _save_checkpoint(self, assets: Dict[str, bytes], properties: Dict[str, Any]) -> str:
         self._check_stop()
