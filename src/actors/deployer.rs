@@ -47,7 +47,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 const NAME: &str = "deployer";
 /// How often the index is compared with `algorithm-store` for other writers' changes.
@@ -911,6 +911,20 @@ impl Handler<ReloadIndex> for Deployer {
     }
 }
 
+/// Answers `$msg` with `Pipeline::$method`, run off the actor so the index keeps answering reads
+/// meanwhile.
+macro_rules! pipeline_handler {
+    ($msg:ty => $method:ident) => {
+        impl Handler<$msg> for Deployer {
+            type Result = ResponseFuture<<$msg as Message>::Result>;
+            fn handle(&mut self, m: $msg, ctx: &mut Context<Self>) -> Self::Result {
+                let p = self.pipeline(ctx);
+                Box::pin(async move { p.$method(m).await })
+            }
+        }
+    };
+}
+
 /// D4: deletes a whole algorithm or one minor version.
 #[derive(Message)]
 #[rtype(result = "Result<String, ApiError>")]
@@ -921,13 +935,7 @@ pub struct DeleteAlgorithm {
     pub force: bool,
 }
 
-impl Handler<DeleteAlgorithm> for Deployer {
-    type Result = ResponseFuture<Result<String, ApiError>>;
-    fn handle(&mut self, m: DeleteAlgorithm, ctx: &mut Context<Self>) -> Self::Result {
-        let p = self.pipeline(ctx);
-        Box::pin(async move { p.delete(m).await })
-    }
-}
+pipeline_handler!(DeleteAlgorithm => delete);
 
 /// C3 step 3: drops a checkpoint id from its parent algorithm's `checkpoints` and flags the
 /// storage metrics stale (`training.md` §4.5). The parent is found by its stored key, else by id;
@@ -940,13 +948,7 @@ pub struct UnlinkCheckpoint {
     pub checkpoint_id: String,
 }
 
-impl Handler<UnlinkCheckpoint> for Deployer {
-    type Result = ResponseFuture<Result<(), ApiError>>;
-    fn handle(&mut self, m: UnlinkCheckpoint, ctx: &mut Context<Self>) -> Self::Result {
-        let p = self.pipeline(ctx);
-        Box::pin(async move { p.unlink_checkpoint(m).await })
-    }
-}
+pipeline_handler!(UnlinkCheckpoint => unlink_checkpoint);
 
 /// A training registered a checkpoint (`training.md` §4.2 step 5): appends its id to the parent
 /// algorithm's `checkpoints` (created when absent) and flags the storage metrics stale.
@@ -957,13 +959,7 @@ pub struct LinkCheckpoint {
     pub checkpoint_id: String,
 }
 
-impl Handler<LinkCheckpoint> for Deployer {
-    type Result = ResponseFuture<Result<(), ApiError>>;
-    fn handle(&mut self, m: LinkCheckpoint, ctx: &mut Context<Self>) -> Self::Result {
-        let p = self.pipeline(ctx);
-        Box::pin(async move { p.link_checkpoint(m).await })
-    }
-}
+pipeline_handler!(LinkCheckpoint => link_checkpoint);
 
 /// A3: builds the export zip in a temporary file and returns it (already unlinked on Unix, open).
 #[derive(Message)]
@@ -1222,6 +1218,14 @@ fn zip_error(path: &Path, e: zip_input::ZipInputError) -> DeployError {
 }
 
 impl Pipeline {
+    /// Waits for the one permit every change holds, so changes never interleave.
+    async fn lock(&self) -> Result<SemaphorePermit<'_>, ApiError> {
+        self.permit
+            .acquire()
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
     fn check_allowed(&self, path: &Path) -> Result<(), ApiError> {
         if self.config.allowed_paths.is_empty() {
             return Ok(());
@@ -1278,11 +1282,7 @@ impl Pipeline {
         ov: &DeployOverrides,
         source: DeploySource,
     ) -> Result<DeployResult, ApiError> {
-        let _permit = self
-            .permit
-            .acquire()
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let _permit = self.lock().await?;
         check_overrides(ov)?;
         // Dropped on every return, which removes a partial extraction too.
         let work = tempfile::tempdir().map_err(|e| DeployError::Internal(e.to_string()))?;
@@ -1586,11 +1586,7 @@ impl Pipeline {
     }
 
     async fn delete(&self, m: DeleteAlgorithm) -> Result<String, ApiError> {
-        let _permit = self
-            .permit
-            .acquire()
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let _permit = self.lock().await?;
         let all = self.me.send(AllRecords).await?;
         let Some((key, rec)) = all
             .iter()
@@ -1712,34 +1708,42 @@ impl Pipeline {
                 rec["storage_metrics"] = compute_metrics(&self.storage, &rec)
                     .await
                     .map_err(remove_err)?;
-                let body = Bytes::from(serde_json::to_vec(&rec).unwrap_or_default());
-                flatten(
-                    self.storage
-                        .send(PutBytes {
-                            collection: ALGORITHM_STORE,
-                            key: key.clone(),
-                            body,
-                        })
-                        .await,
-                )
-                .map_err(remove_err)?;
-                self.me
-                    .send(IndexChanged {
-                        removed: vec![],
-                        written: Some((key, rec)),
-                    })
-                    .await?;
+                self.rewrite_record(key, rec, remove_err).await?;
                 Ok(detail)
             }
         }
     }
 
+    /// Writes `rec` over `key` in `algorithm-store` and tells the index; `storage_err` maps a
+    /// refused write to the caller's error.
+    async fn rewrite_record(
+        &self,
+        key: String,
+        rec: Value,
+        storage_err: impl FnOnce(StorageError) -> ApiError,
+    ) -> Result<(), ApiError> {
+        let body = Bytes::from(serde_json::to_vec(&rec).unwrap_or_default());
+        flatten(
+            self.storage
+                .send(PutBytes {
+                    collection: ALGORITHM_STORE,
+                    key: key.clone(),
+                    body,
+                })
+                .await,
+        )
+        .map_err(storage_err)?;
+        self.me
+            .send(IndexChanged {
+                removed: vec![],
+                written: Some((key, rec)),
+            })
+            .await?;
+        Ok(())
+    }
+
     async fn link_checkpoint(&self, m: LinkCheckpoint) -> Result<(), ApiError> {
-        let _permit = self
-            .permit
-            .acquire()
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let _permit = self.lock().await?;
         let all = self.me.send(AllRecords).await?;
         let prefix = format!("{}~", m.algorithm_id);
         let Some((key, rec)) = all.iter().find(|(k, _)| k.starts_with(&prefix)) else {
@@ -1761,32 +1765,14 @@ impl Pipeline {
             }
         }
         rec["storage_metrics_stale"] = json!(true);
-        let body = Bytes::from(serde_json::to_vec(&rec).unwrap_or_default());
-        flatten(
-            self.storage
-                .send(PutBytes {
-                    collection: ALGORITHM_STORE,
-                    key: key.clone(),
-                    body,
-                })
-                .await,
-        )?;
-        self.me
-            .send(IndexChanged {
-                removed: vec![],
-                written: Some((key.clone(), rec)),
-            })
+        self.rewrite_record(key.clone(), rec, ApiError::from)
             .await?;
         tracing::info!(algorithm_id = %m.algorithm_id, checkpoint_id = %m.checkpoint_id, "checkpoint registered");
         Ok(())
     }
 
     async fn unlink_checkpoint(&self, m: UnlinkCheckpoint) -> Result<(), ApiError> {
-        let _permit = self
-            .permit
-            .acquire()
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let _permit = self.lock().await?;
         let all = self.me.send(AllRecords).await?;
         let by_key = m
             .algorithm_key
@@ -1804,21 +1790,7 @@ impl Pipeline {
         };
         ids.retain(|v| v.as_str() != Some(m.checkpoint_id.as_str()));
         rec["storage_metrics_stale"] = json!(true);
-        let body = Bytes::from(serde_json::to_vec(&rec).unwrap_or_default());
-        flatten(
-            self.storage
-                .send(PutBytes {
-                    collection: ALGORITHM_STORE,
-                    key: key.clone(),
-                    body,
-                })
-                .await,
-        )?;
-        self.me
-            .send(IndexChanged {
-                removed: vec![],
-                written: Some((key.clone(), rec)),
-            })
+        self.rewrite_record(key.clone(), rec, ApiError::from)
             .await?;
         Ok(())
     }

@@ -25,7 +25,7 @@ use super::executor::{
 use super::sample_store::check_training_samples;
 use super::stop_registry::{ClearStop, RequestStop, StopRegistry};
 use super::storage_gateway::{
-    flatten, DeleteObject, Exists, GetBytes, ListObjects, PutBytes, StorageGateway,
+    flatten, missing_objects, DeleteObject, GetBytes, ListObjects, PutBytes, StorageGateway,
 };
 use crate::errors::{ApiError, BenchmarkError, CheckpointError, ExecutionError, TrainingError};
 use crate::records::{
@@ -37,6 +37,7 @@ use actix::prelude::*;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 
 const NAME: &str = "executor_pool";
 const MAX_SESSIONS: usize = 1000;
@@ -354,7 +355,48 @@ async fn store_pending(
     false
 }
 
+/// The deployed record of `algorithm_id`, or the 404 of a task of `kind` that names it.
+async fn resolve_algorithm(
+    deployer: &Addr<Deployer>,
+    kind: TaskKind,
+    algorithm_id: &str,
+) -> Result<Value, ApiError> {
+    let found = deployer
+        .send(ResolveAlgorithm {
+            algorithm_id: algorithm_id.to_string(),
+        })
+        .await?;
+    let Some((_, algorithm)) = found else {
+        let algorithm_id = algorithm_id.to_string();
+        return Err(match kind {
+            TaskKind::Execution => ExecutionError::AlgorithmNotFound { algorithm_id }.into(),
+            TaskKind::Training => TrainingError::AlgorithmNotFound { algorithm_id }.into(),
+            TaskKind::Benchmark => BenchmarkError::AlgorithmNotFound { algorithm_id }.into(),
+        });
+    };
+    Ok(algorithm)
+}
+
 impl ExecutorPool {
+    /// X1, T1, B1 once the body is parsed: `check` refuses the request or builds the PENDING
+    /// record off the actor; the record is then stored and, when that worked, queued.
+    fn submit<F>(
+        &mut self,
+        check: impl FnOnce(Addr<StorageGateway>, Addr<Deployer>) -> F,
+    ) -> ResponseActFuture<Self, Result<String, ApiError>>
+    where
+        F: Future<Output = Result<TaskRecord, ApiError>> + 'static,
+    {
+        let checked = check(self.storage.clone(), self.deployer.clone());
+        let (storage, emergency) = (self.storage.clone(), self.emergency.clone());
+        let fut = async move {
+            let record = checked.await?;
+            let dispatch = store_pending(&storage, &emergency, &record).await;
+            Ok((record, dispatch))
+        };
+        Box::pin(fut.into_actor(self).map(|res, act, _| act.accept(res)))
+    }
+
     /// Queues an accepted task (when its PENDING record was stored) and returns its id.
     fn accept(
         &mut self,
@@ -381,10 +423,7 @@ pub struct SubmitExecution {
 impl Handler<SubmitExecution> for ExecutorPool {
     type Result = ResponseActFuture<Self, Result<String, ApiError>>;
     fn handle(&mut self, m: SubmitExecution, _: &mut Context<Self>) -> Self::Result {
-        let storage = self.storage.clone();
-        let deployer = self.deployer.clone();
-        let emergency = self.emergency.clone();
-        let fut = async move {
+        self.submit(|storage, deployer| async move {
             let body = m.body;
             let get_str = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
             let inputs: Vec<String> = body["input_dataset_ids"]
@@ -396,21 +435,9 @@ impl Handler<SubmitExecution> for ExecutorPool {
                         .collect()
                 })
                 .unwrap_or_default();
-            let mut missing = Vec::new();
-            for id in &inputs {
-                match flatten(
-                    storage
-                        .send(Exists {
-                            collection: DATA_STORE,
-                            key: id.clone(),
-                        })
-                        .await,
-                ) {
-                    Ok(true) => {}
-                    Ok(false) | Err(StorageError::InvalidKey { .. }) => missing.push(id.clone()),
-                    Err(e) => return Err(ApiError::Storage(e)),
-                }
-            }
+            let missing = missing_objects(&storage, DATA_STORE, &inputs)
+                .await
+                .map_err(ApiError::Storage)?;
             if !missing.is_empty() {
                 return Err(ExecutionError::InputDatasetsNotFound {
                     missing_dataset_ids: missing,
@@ -418,15 +445,7 @@ impl Handler<SubmitExecution> for ExecutorPool {
                 .into());
             }
             let algorithm_id = get_str("algorithm_id").unwrap_or_default();
-            if deployer
-                .send(ResolveAlgorithm {
-                    algorithm_id: algorithm_id.clone(),
-                })
-                .await?
-                .is_none()
-            {
-                return Err(ExecutionError::AlgorithmNotFound { algorithm_id }.into());
-            }
+            resolve_algorithm(&deployer, TaskKind::Execution, &algorithm_id).await?;
             let record = TaskRecord::Execution(ExecutionRecord {
                 execution_id: uuid1(),
                 algorithm_id,
@@ -449,10 +468,8 @@ impl Handler<SubmitExecution> for ExecutorPool {
                 log: String::new(),
                 extra: Map::new(),
             });
-            let dispatch = store_pending(&storage, &emergency, &record).await;
-            Ok((record, dispatch))
-        };
-        Box::pin(fut.into_actor(self).map(|res, act, _| act.accept(res)))
+            Ok(record)
+        })
     }
 }
 
@@ -467,22 +484,9 @@ pub struct SubmitBenchmark {
 impl Handler<SubmitBenchmark> for ExecutorPool {
     type Result = ResponseActFuture<Self, Result<String, ApiError>>;
     fn handle(&mut self, m: SubmitBenchmark, _: &mut Context<Self>) -> Self::Result {
-        let (storage, deployer, emergency) = (
-            self.storage.clone(),
-            self.deployer.clone(),
-            self.emergency.clone(),
-        );
-        let fut = async move {
+        self.submit(|_, deployer| async move {
             let algorithm_id = m.algorithm_id;
-            if deployer
-                .send(ResolveAlgorithm {
-                    algorithm_id: algorithm_id.clone(),
-                })
-                .await?
-                .is_none()
-            {
-                return Err(BenchmarkError::AlgorithmNotFound { algorithm_id }.into());
-            }
+            resolve_algorithm(&deployer, TaskKind::Benchmark, &algorithm_id).await?;
             let record = TaskRecord::Benchmark(BenchmarkRecord {
                 benchmark_id: uuid1(),
                 algorithm_id,
@@ -494,10 +498,8 @@ impl Handler<SubmitBenchmark> for ExecutorPool {
                 data: Map::new(),
                 extra: Map::new(),
             });
-            let dispatch = store_pending(&storage, &emergency, &record).await;
-            Ok((record, dispatch))
-        };
-        Box::pin(fut.into_actor(self).map(|res, act, _| act.accept(res)))
+            Ok(record)
+        })
     }
 }
 
@@ -513,12 +515,7 @@ pub struct SubmitTraining {
 impl Handler<SubmitTraining> for ExecutorPool {
     type Result = ResponseActFuture<Self, Result<String, ApiError>>;
     fn handle(&mut self, m: SubmitTraining, _: &mut Context<Self>) -> Self::Result {
-        let (storage, deployer, emergency) = (
-            self.storage.clone(),
-            self.deployer.clone(),
-            self.emergency.clone(),
-        );
-        let fut = async move {
+        self.submit(|storage, deployer| async move {
             let body = m.body;
             let get_str = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
             let strings = |k: &str| -> Vec<String> {
@@ -537,14 +534,7 @@ impl Handler<SubmitTraining> for ExecutorPool {
             check_training_samples(&storage, &training_data).await?;
 
             let algorithm_id = get_str("algorithm_id").unwrap_or_default();
-            let Some((_, algorithm)) = deployer
-                .send(ResolveAlgorithm {
-                    algorithm_id: algorithm_id.clone(),
-                })
-                .await?
-            else {
-                return Err(TrainingError::AlgorithmNotFound { algorithm_id }.into());
-            };
+            let algorithm = resolve_algorithm(&deployer, TaskKind::Training, &algorithm_id).await?;
             let minor = get_str("algorithm_minor_version");
             if let Some(minor) = &minor {
                 if algorithm["algorithm_minor_version"].get(minor).is_none() {
@@ -594,10 +584,8 @@ impl Handler<SubmitTraining> for ExecutorPool {
                 output_checkpoint_ids: Vec::new(),
                 extra: Map::new(),
             });
-            let dispatch = store_pending(&storage, &emergency, &record).await;
-            Ok((record, dispatch))
-        };
-        Box::pin(fut.into_actor(self).map(|res, act, _| act.accept(res)))
+            Ok(record)
+        })
     }
 }
 

@@ -15,8 +15,8 @@
 //! Failure: a panic restarts the actor; it has no state beyond the permit.
 
 use super::storage_gateway::{
-    flatten, DeleteObject, Exists, GetBytes, GetTags, ListObjects, PutBytes, PutTags,
-    StorageGateway,
+    flatten, missing_objects, DeleteObject, Exists, GetBytes, GetTags, ListObjects, PutBytes,
+    PutTags, StorageGateway,
 };
 use crate::errors::{ApiError, SampleError};
 use crate::records::{local_now, uuid1};
@@ -275,21 +275,9 @@ impl Handler<SaveSample> for SampleStore {
         Box::pin(async move {
             let files: Vec<Value> = m.files.iter().cloned().map(Value::Object).collect();
             let ids = file_ids(&files);
-            let mut missing = Vec::new();
-            for id in &ids {
-                match flatten(
-                    storage
-                        .send(Exists {
-                            collection: DATA_STORE,
-                            key: id.clone(),
-                        })
-                        .await,
-                ) {
-                    Ok(true) => {}
-                    Ok(false) | Err(StorageError::InvalidKey { .. }) => missing.push(id.clone()),
-                    Err(e) => return Err(SampleError::SaveFailed(e).into()),
-                }
-            }
+            let missing = missing_objects(&storage, DATA_STORE, &ids)
+                .await
+                .map_err(SampleError::SaveFailed)?;
             if !missing.is_empty() {
                 return Err(SampleError::InputFilesNotFound { file_ids: missing }.into());
             }

@@ -180,6 +180,30 @@ pub fn flatten<T>(r: Result<Result<T, StorageError>, MailboxError>) -> Result<T,
     }
 }
 
+/// The ids of `ids` that `collection` lacks, in order; an id that is no valid key counts as
+/// missing. The first other storage failure ends the check.
+pub async fn missing_objects(
+    storage: &Addr<StorageGateway>,
+    collection: &'static str,
+    ids: &[String],
+) -> Result<Vec<String>, StorageError> {
+    let mut missing = Vec::new();
+    for id in ids {
+        let exists = storage
+            .send(Exists {
+                collection,
+                key: id.clone(),
+            })
+            .await;
+        match flatten(exists) {
+            Ok(true) => {}
+            Ok(false) | Err(StorageError::InvalidKey { .. }) => missing.push(id.clone()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(missing)
+}
+
 message!(DeleteIfExists { collection: &'static str, key: String } -> bool,
 |b, m| {
     if !b.exists(m.collection, &m.key).await? {

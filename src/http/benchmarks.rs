@@ -3,8 +3,8 @@
 //! instead of the original's bare `{"detail"}` bodies; `detail` keeps its text.
 
 use super::json_body::{parse_object, Field, FieldType};
-use super::AppState;
-use crate::actors::executor_pool::{GetTask, SubmitBenchmark};
+use super::{tasks, AppState};
+use crate::actors::executor_pool::SubmitBenchmark;
 use crate::errors::ApiError;
 use crate::records::TaskKind;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -51,12 +51,5 @@ pub async fn get_benchmark(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let record = state
-        .pool
-        .send(GetTask {
-            kind: TaskKind::Benchmark,
-            task_id: id.into_inner(),
-        })
-        .await??;
-    Ok(HttpResponse::Ok().json(record))
+    tasks::get_task(&state, TaskKind::Benchmark, id.into_inner()).await
 }

@@ -1,10 +1,8 @@
 //! Execution routes: submit (X1), stop (X2), get (X3), and the hidden manager routes (M1–M3).
 
 use super::json_body::{parse_object, Field, FieldType};
-use super::AppState;
-use crate::actors::executor_pool::{
-    DeleteExecutions, GetTask, ListExecutions, StopTask, SubmitExecution,
-};
+use super::{tasks, AppState};
+use crate::actors::executor_pool::{DeleteExecutions, ListExecutions, SubmitExecution};
 use crate::errors::ApiError;
 use crate::records::TaskKind;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -71,28 +69,14 @@ pub async fn get_execution(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let record = state
-        .pool
-        .send(GetTask {
-            kind: TaskKind::Execution,
-            task_id: id.into_inner(),
-        })
-        .await??;
-    Ok(HttpResponse::Ok().json(record))
+    tasks::get_task(&state, TaskKind::Execution, id.into_inner()).await
 }
 
 pub async fn stop_execution(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    state
-        .pool
-        .send(StopTask {
-            kind: TaskKind::Execution,
-            task_id: id.into_inner(),
-        })
-        .await??;
-    Ok(HttpResponse::Ok().json(json!({ "detail": "Stop request posted successfully" })))
+    tasks::stop_task(&state, TaskKind::Execution, id.into_inner()).await
 }
 
 pub async fn list_executions(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

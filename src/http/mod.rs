@@ -15,6 +15,7 @@ mod pyjson;
 pub mod root;
 pub mod routes;
 pub mod samples;
+mod tasks;
 pub mod training;
 
 use crate::actors::{

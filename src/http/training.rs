@@ -1,8 +1,8 @@
 //! Training routes: submit (T1), get (T2), stop (T3) (`training.md` §3.1).
 
 use super::json_body::{parse_object, Field, FieldType};
-use super::AppState;
-use crate::actors::executor_pool::{GetTask, StopTask, SubmitTraining};
+use super::{tasks, AppState};
+use crate::actors::executor_pool::SubmitTraining;
 use crate::errors::ApiError;
 use crate::records::TaskKind;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -62,26 +62,12 @@ pub async fn get_training(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let record = state
-        .pool
-        .send(GetTask {
-            kind: TaskKind::Training,
-            task_id: id.into_inner(),
-        })
-        .await??;
-    Ok(HttpResponse::Ok().json(record))
+    tasks::get_task(&state, TaskKind::Training, id.into_inner()).await
 }
 
 pub async fn stop_training(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    state
-        .pool
-        .send(StopTask {
-            kind: TaskKind::Training,
-            task_id: id.into_inner(),
-        })
-        .await??;
-    Ok(HttpResponse::Ok().json(json!({ "detail": "Stop request posted successfully" })))
+    tasks::stop_task(&state, TaskKind::Training, id.into_inner()).await
 }
