@@ -35,25 +35,23 @@ pub struct InjectFault;
 /// The `Restart` and `InjectFault` handlers every supervised actor has. With a field name, an
 /// injected fault sets that flag (the next handled message panics); without, faults are ignored.
 macro_rules! supervision_handlers {
-    ($actor:ty) => {
+    (@restart $actor:ty) => {
         impl actix::Handler<$crate::actors::Restart> for $actor {
             type Result = ();
             fn handle(&mut self, _: $crate::actors::Restart, ctx: &mut Self::Context) {
                 actix::ActorContext::stop(ctx);
             }
         }
+    };
+    ($actor:ty) => {
+        $crate::actors::supervision_handlers!(@restart $actor);
         impl actix::Handler<$crate::actors::InjectFault> for $actor {
             type Result = ();
             fn handle(&mut self, _: $crate::actors::InjectFault, _: &mut Self::Context) {}
         }
     };
     ($actor:ty, $flag:ident) => {
-        impl actix::Handler<$crate::actors::Restart> for $actor {
-            type Result = ();
-            fn handle(&mut self, _: $crate::actors::Restart, ctx: &mut Self::Context) {
-                actix::ActorContext::stop(ctx);
-            }
-        }
+        $crate::actors::supervision_handlers!(@restart $actor);
         impl actix::Handler<$crate::actors::InjectFault> for $actor {
             type Result = ();
             fn handle(&mut self, _: $crate::actors::InjectFault, _: &mut Self::Context) {

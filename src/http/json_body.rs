@@ -55,10 +55,8 @@ pub fn parse_object(
             detail: "There was an error parsing the body",
         });
     }
-    if let Some(at) = super::pyjson::too_deep(&text) {
-        // Checked before serde, so nothing recursive ever sees an unbounded nesting.
-        return Err(json_decode_error(at, super::pyjson::TOO_DEEP));
-    }
+    // serde bounds its own recursion; `json_invalid` describes a refusal without recursing on
+    // anything deeper than that bound (`pyjson::too_deep`).
     let value: Value = serde_json::from_slice(body).map_err(|e| json_invalid(&text, &e))?;
     let Value::Object(map) = value else {
         return Err(ApiError::Validation(vec![json!({
@@ -175,10 +173,6 @@ fn missing_body() -> ApiError {
 fn json_invalid(text: &str, e: &serde_json::Error) -> ApiError {
     let (offset, python_msg) =
         super::pyjson::python_json_error(text).unwrap_or_else(|| serde_position(text, e));
-    json_decode_error(offset, python_msg)
-}
-
-fn json_decode_error(offset: usize, python_msg: &str) -> ApiError {
     ApiError::Validation(vec![json!({
         "type": "json_invalid",
         "loc": ["body", offset],
