@@ -382,3 +382,40 @@ def test_assets_are_available_in_init_on_cache_hits(bridge, tmp_path):
     second = run(bridge, deployment, tmp_path)
     assert first["status"] == second["status"] == "COMPLETED"
     assert "label=L" in second["log"]
+
+
+PRINTING_THREAD_ACROSS_JOBS = r'''
+import sys, threading
+from compox._worker import _CapturedOutput
+
+class Log:
+    is_open = True
+
+class Handler:
+    _task_log = Log()
+    class logger:
+        @staticmethod
+        def info(line):
+            pass
+
+def chatter():
+    while True:
+        print("x")
+
+threading.Thread(target=chatter, daemon=True).start()
+for _ in range(100_000):
+    with _CapturedOutput(Handler()):
+        pass
+sys.stderr.write("survived\n")
+'''
+
+
+def test_a_thread_printing_while_jobs_start_and_end_does_not_crash_the_worker():
+    # CPython 3.11's print() holds a borrowed reference to sys.stdout; replacing it with a new
+    # writer per job freed the old one under a printing thread (a segfault, seen in CI).
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", PRINTING_THREAD_ACROSS_JOBS],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "survived\n" in done.stderr
