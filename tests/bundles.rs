@@ -713,8 +713,8 @@ async fn a_running_server_sees_an_import_made_by_another_process() {
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(
         stdout(&o).contains(&format!(
-            "A server is running on port {}: it will pick up the imported algorithms within 3 \
-             seconds.",
+            "A server answers on port {}: if it uses this store, it picks up the imported \
+             algorithms within 3 seconds.",
             server.port
         )),
         "{}",

@@ -185,12 +185,18 @@ def _append_runner_import(package_dir: Path) -> None:
         handle.write(RUNNER_IMPORT_LINE)
 
 
-def _minify_package(package_dir: Path, warnings: List[str]) -> None:
+def _minify_package(package_dir: Path) -> None:
+    # Shipping readable code when the author asked for obfuscation would break a promise, and
+    # the other module id would add a minor version for unchanged code: refuse instead.
     try:
         import python_minifier
     except ImportError:
-        warnings.append("python-minifier is not installed; the module was not obfuscated.")
-        return
+        raise RuntimeError(
+            "obfuscate is on, but python-minifier is not installed in the Python environment "
+            f"{sys.prefix}. Install it there (pip install python-minifier), point "
+            "inference.python_env (or VIRTUAL_ENV) at an environment that has it, or set "
+            "obfuscate = false in [tool.compox]."
+        ) from None
     for path in _python_files(package_dir):
         source = path.read_text(encoding="utf-8")
         path.write_text(
@@ -222,7 +228,7 @@ def process_package(package_dir: str, obfuscate: bool, pyc_only: bool) -> Dict[s
     _relativize_package(root, warnings)
     _append_runner_import(root)
     if obfuscate:
-        _minify_package(root, warnings)
+        _minify_package(root)
     if pyc_only:
         _compile_package(root)
     return {"warnings": warnings}

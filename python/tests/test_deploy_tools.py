@@ -185,6 +185,18 @@ def test_obfuscate_minifies_and_drops_docstrings(tmp_path):
     compile(after, "Runner.py", "exec")
 
 
+def test_obfuscate_without_python_minifier_fails_instead_of_shipping_readable_code(
+        tmp_path, monkeypatch):
+    package = stage(tmp_path, FILES)
+    monkeypatch.setitem(sys.modules, "python_minifier", None)  # import raises ImportError
+    with pytest.raises(RuntimeError, match="python-minifier is not installed.*obfuscate = false"):
+        process_package(str(package), obfuscate=True, pyc_only=False)
+    # Without obfuscation the minifier is not needed.
+    plain = stage(tmp_path / "plain", FILES)
+    process_package(str(plain), obfuscate=False, pyc_only=False)
+    assert "Docstring" in (plain / "Runner.py").read_text()
+
+
 def test_unparseable_file_is_left_alone_then_fails_compilation(tmp_path):
     files = dict(FILES, **{"broken.py": "def broken(:\n    pass\n"})
     package = stage(tmp_path, files)

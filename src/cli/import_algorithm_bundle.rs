@@ -43,8 +43,8 @@ pub fn run(config: &str, bundle_path: Option<String>, key: Option<String>) -> i3
                     // One interval until the next refresh, plus a second for its reads.
                     let within = INDEX_REFRESH_INTERVAL.as_secs() + 1;
                     println!(
-                        "A server is running on port {}: it will pick up the imported algorithms \
-                         within {within} seconds.",
+                        "A server answers on port {}: if it uses this store, it picks up the \
+                         imported algorithms within {within} seconds.",
                         settings.port
                     );
                 }

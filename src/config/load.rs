@@ -71,11 +71,26 @@ pub fn load_settings(
     let settings: Settings = merged.try_deserialize().map_err(|e| {
         let source = file_label.map(|f| format!(" (config file {f}, environment or overrides)"));
         ConfigError::Invalid(format!(
-            "invalid settings{}: {e}",
-            source.unwrap_or_default()
+            "invalid settings{}: {e}{}",
+            source.unwrap_or_default(),
+            union_tag_hint(&e.to_string())
         ))
     })?;
     settings.resolve()
+}
+
+/// serde names only the missing tag; say which union it belongs to and how to name it
+/// (`platform.md` §2.3: a partial override of either union must include the tag).
+fn union_tag_hint(message: &str) -> &'static str {
+    if message.contains("missing field `provider`") {
+        " (a partial storage.backend_settings must also name its provider: filesystem, minio \
+         or aws, e.g. --storage.backend_settings.provider filesystem)"
+    } else if message.contains("missing field `executor`") {
+        " (a partial inference.backend_settings must also name its executor, e.g. \
+         --inference.backend_settings.executor fastapi_background_tasks)"
+    } else {
+        ""
+    }
 }
 
 /// The strict grammar of `run`/`worker` (`platform.md` §1.15.A). Returns the `--config` path and
@@ -420,7 +435,19 @@ mod tests {
         let (_, cli) =
             parse_strict_overrides(&["--storage.backend_settings.port".into(), "1".into()])
                 .unwrap();
-        assert!(load_settings(None, &cli, env(&[])).is_err());
+        let msg = load_settings(None, &cli, env(&[])).unwrap_err().to_string();
+        assert!(
+            msg.contains("must also name its provider")
+                && msg.contains("--storage.backend_settings.provider filesystem"),
+            "{msg}"
+        );
+        let (_, cli) = parse_strict_overrides(&[
+            "--inference.backend_settings.worker_number".into(),
+            "2".into(),
+        ])
+        .unwrap();
+        let msg = load_settings(None, &cli, env(&[])).unwrap_err().to_string();
+        assert!(msg.contains("must also name its executor"), "{msg}");
         let file = yaml("storage:\n  backend_settings:\n    provider: aws\n    port: 1\n");
         assert!(load_settings(Some(file.path()), &Overrides::default(), env(&[])).is_err());
     }
