@@ -1152,6 +1152,30 @@ async fn printed_lines_land_in_the_execution_log() {
         !server.log_text().contains("printer: stdout line"),
         "print went to the process log"
     );
+
+    // Far more output than a record should carry (about 19 MB of log lines): the execution
+    // completes and its log keeps the first and the most recent lines, well formed.
+    let (rec, _) = run(&server, &alg, &[], json!({"lines": 300_000})).await;
+    assert_eq!(rec["status"], "COMPLETED");
+    let log = log_of(&rec);
+    assert!(log.len() < 8 * 1024 * 1024 + 1024, "{} bytes", log.len());
+    assert_in_order(
+        log,
+        &[
+            "INFO printer: stdout line 1 of 300000\n",
+            " lines (",
+            " characters) of this log were left out",
+            "INFO printer: stdout line 300000 of 300000\n",
+            "INFO printer: stderr line\n",
+            "INFO Execution completed in ",
+        ],
+    );
+    assert_log_lines_well_formed(log);
+    let cut_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.starts_with("... ") && !l.starts_with("20"))
+        .collect();
+    assert!(cut_lines.is_empty(), "lines cut by the trim: {cut_lines:?}");
 }
 
 #[tokio::test]
@@ -1450,27 +1474,118 @@ async fn workers_survive_raw_output_surrogates_and_forks() {
         "death noticed late: {:?}",
         started.elapsed()
     );
-    // Living members of the old worker's process group (zombies awaiting their reaper aside).
-    let alive = || {
-        let out = std::process::Command::new("pgrep")
-            .args(["-g", &pid.to_string()])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|p| {
-                let stat =
-                    std::fs::read_to_string(format!("/proc/{}/stat", p.trim())).unwrap_or_default();
-                !stat.is_empty() && !stat.contains(") Z ")
-            })
-            .count()
-    };
+    wait_group_empty(pid).await;
+    wait_restarted(&server, 0, pid).await;
+}
+
+/// Living members of process group `pgid` (zombies awaiting their reaper aside).
+fn living_group_members(pgid: u32) -> usize {
+    let out = std::process::Command::new("pgrep")
+        .args(["-g", &pgid.to_string()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|p| {
+            let stat =
+                std::fs::read_to_string(format!("/proc/{}/stat", p.trim())).unwrap_or_default();
+            !stat.is_empty() && !stat.contains(") Z ")
+        })
+        .count()
+}
+
+async fn wait_group_empty(pgid: u32) {
     let deadline = Instant::now() + Duration::from_secs(3);
-    while alive() > 0 && Instant::now() < deadline {
+    while living_group_members(pgid) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(alive(), 0, "orphans left in the worker's process group");
+    assert_eq!(
+        living_group_members(pgid),
+        0,
+        "orphans left in the worker's process group"
+    );
+}
+
+/// A server killed outright (no shutdown) takes its workers and what their algorithms started
+/// (same process group) with it.
+#[tokio::test]
+async fn a_killed_server_leaves_no_algorithm_process_behind() {
+    let mut server = Server::start();
+    let alg = server.deploy_ok("misbehaver").await;
+    let pid = worker_pid(&server, 0).await;
+    let id = server
+        .execute(&alg, &[], json!({ "mode": "fork_hang" }))
+        .await;
+    wait_record(&server, &id, "never running", |r| r["status"] == "RUNNING").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        living_group_members(pid) >= 2,
+        "worker and its forked child"
+    );
+
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    wait_group_empty(pid).await;
+}
+
+/// A thread an execution leaves running reaches no later execution: not through the runner
+/// (no handler, as in the original), not through the handler it kept (the executor refuses
+/// writes for a task that is not running), not through print (`runtime.md` §2.2, §8.3).
+#[tokio::test]
+async fn a_thread_left_by_an_earlier_execution_cannot_touch_a_later_one() {
+    let server = Server::start();
+    let alg = server.deploy_ok("misbehaver").await;
+    let (first, _) = run(&server, &alg, &[], json!({ "mode": "leave_thread" })).await;
+    assert_eq!(first["status"], "COMPLETED", "{first}");
+
+    let id = server
+        .execute(&alg, &[], json!({ "mode": "sleep_briefly" }))
+        .await;
+    let mut seen_progress = Vec::new();
+    let later = loop {
+        let rec = record(&server, &id).await;
+        seen_progress.push(rec["progress"].as_f64().unwrap_or(-1.0));
+        if ["COMPLETED", "FAILED", "STOPPED"].contains(&rec["status"].as_str().unwrap_or("")) {
+            break rec;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(later["status"], "COMPLETED", "{later}");
+    assert!(
+        !seen_progress.iter().any(|p| *p == 0.77 || *p == 0.66),
+        "{seen_progress:?}"
+    );
+    assert_eq!(later["progress"].as_f64(), Some(1.0));
+    assert!(!log_of(&later).contains("LEAK"), "{later}");
+}
+
+/// An algorithm that breaks its interpreter for every later task (here its `json` module, so no
+/// record write works) costs one execution: the worker is replaced, the next one runs.
+#[tokio::test]
+async fn a_worker_whose_interpreter_is_broken_is_replaced() {
+    let server = Server::start();
+    let alg = server.deploy_ok("misbehaver").await;
+    let pid = worker_pid(&server, 0).await;
+
+    let (broken, _) = run(&server, &alg, &[], json!({ "mode": "break_json" })).await;
+    assert_eq!(broken["status"], "FAILED", "{broken}");
+    assert!(
+        log_of(&broken).contains("ERROR The algorithm runtime ended without a final status."),
+        "{broken}"
+    );
+
     wait_restarted(&server, 0, pid).await;
+    let health = server.health().await;
+    assert!(
+        health["workers"][0]["last_exit"]
+            .as_str()
+            .unwrap_or("")
+            .contains("replaced by compox: its last task ended without a final status"),
+        "{health}"
+    );
+    let (next, _) = run(&server, &alg, &[], json!({ "mode": "surrogate" })).await;
+    assert_eq!(next["status"], "COMPLETED", "{next}");
 }
 
 /// Malformed JSON bodies get the position and message Python's `json` module gives (the

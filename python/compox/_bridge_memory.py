@@ -52,10 +52,14 @@ class InMemoryBridge:
     def object_exists(self, collection: str, key: str) -> bool:
         return key in self.objects.get(collection, {})
 
-    def update_record(self, fields: Dict[str, Any]) -> bool:
-        task_id = self.current_task_id
-        if task_id is None:
+    def update_record(self, fields: Dict[str, Any], task_id: Optional[str] = None) -> bool:
+        current = self.current_task_id
+        if current is None:
             raise OSError("No current task: call begin_task() before writing records.")
+        # As the server's executor: a write for another task than the current one is refused.
+        if task_id is not None and str(task_id) != current:
+            raise OSError(f"task {task_id} is not running on this worker any more")
+        task_id = current
 
         # A round trip through JSON rejects what the Rust side could not encode either, and
         # keeps the stored record free of references into the caller's objects.

@@ -27,17 +27,16 @@ from __future__ import annotations
 
 import contextvars
 import gc
-import io
 import sys
-import threading
 from datetime import datetime
-from typing import Any, Callable, Dict, Optional, Set, TextIO
+from typing import Any, Callable, Dict
 
+from compox._captured_output import CapturedOutput
 from compox._process_log import process_log
 from compox._time import log_timestamp, record_timestamp
 from compox.algorithm_utils import runner_context
 from compox.exceptions import CompoxTaskError, TaskStoppedException, error_failure_payload
-from compox.tasks import _runtime, context_handler
+from compox.tasks import _job_threads, _runtime, context_handler
 from compox.tasks.BenchmarkHandler import BenchmarkHandler
 from compox.tasks.TaskHandler import TaskHandler
 from compox.tasks.TaskSession import TaskSession
@@ -50,6 +49,7 @@ TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "STOPPED"})
 def run_job(job: Dict[str, Any], bridge: Any) -> None:
     """Run one job to its terminal state; see the module docs for the steps."""
     context = contextvars.Context()
+    _job_threads.begin_job()
     try:
         context.run(_run_job, job, bridge)
     except BaseException as error:  # The last guard: run_job must not raise into Rust.
@@ -57,6 +57,7 @@ def run_job(job: Dict[str, Any], bridge: Any) -> None:
     finally:
         context_handler.clear_process_fallback()
         runner_context.clear_process_fallback()
+        _job_threads.end_job()
         _release_memory()
 
 
@@ -132,7 +133,7 @@ def _run_with_handler(
 
     handler.set_as_current_handler()
     try:
-        with _CapturedOutput(handler):
+        with CapturedOutput(handler):
             body(handler)
     except TaskStoppedException:
         process_log.info("Task was interrupted by stop request.")
@@ -242,119 +243,6 @@ def _release_memory() -> None:
             torch.cuda.ipc_collect()
     except Exception as error:
         _log_process_error("Could not release CUDA memory", error)
-
-
-class _LineWriter(io.TextIOBase):
-    """A text stream that turns each completed line into an INFO line of the task log.
-
-    One writer per stream lives as long as the process and is attached to each job in turn.
-    It is never dropped because CPython 3.11's ``print()`` holds only a borrowed reference to
-    ``sys.stdout``: a thread printing while a job ends would otherwise write into a freed
-    object and crash the worker (a thread an algorithm leaves running does exactly that).
-
-    FIXME(no ``.buffer``: code writing bytes to ``sys.stdout.buffer`` gets AttributeError;
-    add a binary wrapper that decodes UTF-8 if an algorithm in the wild needs it).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._handler: Optional[TaskHandler] = None
-        self._fallback: Optional[TextIO] = None
-        # Threads that existed before the job (e.g. left running by an earlier one): their
-        # output belongs to no execution, so it goes to the process log, not into the job's log.
-        self._foreign: Set[int] = set()
-        self._buffer = ""
-        self._lock = threading.Lock()
-
-    def attach(self, handler: TaskHandler, fallback: TextIO, foreign: Set[int]) -> None:
-        with self._lock:
-            self._handler, self._fallback, self._foreign = handler, fallback, foreign
-            self._buffer = ""
-
-    def detach(self) -> None:
-        self.flush()
-        with self._lock:
-            self._handler = None
-
-    @property
-    def encoding(self) -> str:  # type: ignore[override]
-        return "utf-8"
-
-    def writable(self) -> bool:
-        return True
-
-    def isatty(self) -> bool:
-        return False
-
-    def write(self, text: str) -> int:
-        if not isinstance(text, str):
-            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        with self._lock:
-            handler = self._handler
-            if handler is not None and threading.get_ident() not in self._foreign:
-                self._buffer += text
-                *lines, self._buffer = self._buffer.split("\n")
-            else:
-                handler, lines = None, []
-        if handler is None:
-            self._write_fallback(text)
-        for line in lines:
-            self._emit(handler, line)
-        return len(text)
-
-    def flush(self) -> None:
-        with self._lock:
-            handler = self._handler
-            rest, self._buffer = self._buffer, ""
-        if rest and handler is not None:
-            self._emit(handler, rest)
-
-    def _emit(self, handler: TaskHandler, line: str) -> None:
-        # Progress bars redraw with '\r'; only the last state of the line is worth keeping.
-        line = line.rstrip("\r").rsplit("\r", 1)[-1]
-        if not line.strip():
-            return
-        if handler._task_log.is_open:
-            handler.logger.info(line)
-        else:
-            # After the task log closed, keep the output visible in the process log.
-            self._write_fallback(line + "\n")
-
-    def _write_fallback(self, text: str) -> None:
-        fallback = self._fallback or sys.__stderr__
-        if fallback is None:
-            return
-        try:
-            fallback.write(text)
-        except (OSError, ValueError):
-            pass
-
-
-_WRITERS = (_LineWriter(), _LineWriter())
-
-
-class _CapturedOutput:
-    """Point ``sys.stdout``/``sys.stderr`` at the process's line writers for one job."""
-
-    def __init__(self, handler: TaskHandler) -> None:
-        self._handler = handler
-        self._saved: Optional[tuple] = None
-
-    def __enter__(self) -> "_CapturedOutput":
-        self._saved = (sys.stdout, sys.stderr)
-        fallback = sys.__stderr__ or sys.stderr
-        current = threading.current_thread()
-        foreign = {t.ident for t in threading.enumerate() if t is not current and t.ident is not None}
-        for writer in _WRITERS:
-            writer.attach(self._handler, fallback, foreign)
-        sys.stdout, sys.stderr = _WRITERS
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        for writer in _WRITERS:
-            writer.detach()
-        if self._saved is not None:
-            sys.stdout, sys.stderr = self._saved
 
 
 __all__ = ["run_job"]

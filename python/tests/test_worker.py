@@ -386,17 +386,13 @@ def test_assets_are_available_in_init_on_cache_hits(bridge, tmp_path):
 
 PRINTING_THREAD_ACROSS_JOBS = r'''
 import sys, threading
-from compox._worker import _CapturedOutput
-
-class Log:
-    is_open = True
+from compox._captured_output import CapturedOutput
+from compox.tasks._task_log import TaskLog, TaskLogger
 
 class Handler:
-    _task_log = Log()
-    class logger:
-        @staticmethod
-        def info(line):
-            pass
+    def __init__(self):
+        self._task_log = TaskLog()
+        self.logger = TaskLogger(self._task_log)
 
 def chatter():
     while True:
@@ -404,7 +400,7 @@ def chatter():
 
 threading.Thread(target=chatter, daemon=True).start()
 for _ in range(100_000):
-    with _CapturedOutput(Handler()):
+    with CapturedOutput(Handler()):
         pass
 sys.stderr.write("survived\n")
 '''

@@ -67,6 +67,8 @@ struct Running {
     before_terminal: Option<TaskRecord>,
     /// The final record is being stored; the pool hears of it once that is done.
     finishing: bool,
+    /// The job, while it waits for a worker: the pool dispatched it just as the worker died.
+    waiting_job: Option<Value>,
 }
 
 pub struct Executor {
@@ -303,6 +305,24 @@ impl Executor {
         self.finish(ctx);
     }
 
+    /// Sends the running task's job to the worker, with the worker's module cache folder.
+    fn start_job(&mut self, mut job: Value) {
+        job["module_cache_dir"] = json!(self.module_cache_dir.display().to_string());
+        self.send_frame(&ToWorker::Run { job });
+    }
+
+    /// Takes this worker out of the pool and kills it; its exit starts a fresh one.
+    fn replace_worker(&mut self, why: &str) {
+        tracing::warn!(worker = self.index, reason = why, "replacing worker");
+        self.ready = false;
+        self.pool.do_send(ExecutorDown {
+            index: self.index,
+            reason: format!("replaced by compox: {why}"),
+        });
+        set_kill_reason(&self.kill_reason, format!("replaced by compox: {why}"));
+        kill_group(self.pid);
+    }
+
     /// Stores the final record, then reports it to the pool. Until storage has it (or the
     /// emergency store has the FAILED fallback), polls keep reading the record from here, so they
     /// never see an older stored copy.
@@ -428,6 +448,9 @@ impl Handler<WorkerFrame> for Executor {
                     pid,
                 };
                 tracing::info!(worker = self.index, pid, python = %info.python_version.split_whitespace().next().unwrap_or(""), prefix = %info.python_prefix, "worker ready");
+                if let Some(job) = self.running.as_mut().and_then(|r| r.waiting_job.take()) {
+                    self.start_job(job);
+                }
                 self.pool.do_send(ExecutorReady {
                     index: self.index,
                     info,
@@ -436,17 +459,26 @@ impl Handler<WorkerFrame> for Executor {
             FromWorker::Fatal { message } => {
                 tracing::error!(worker = self.index, %message, "worker cannot start");
             }
-            FromWorker::Update { fields } => {
+            FromWorker::Update { fields, task_id } => {
+                // The worker waits for an ack to every update, refused ones included.
+                let run = match self.writable_run(task_id.as_deref()) {
+                    Ok(run) => run,
+                    Err(refusal) => {
+                        tracing::debug!(worker = self.index, %refusal, "record update refused");
+                        self.send_frame(&ToWorker::UpdateAck {
+                            stop: false,
+                            error: Some(refusal),
+                        });
+                        return;
+                    }
+                };
                 let new_checkpoints = self.new_checkpoints(&fields);
                 if new_checkpoints.is_empty() {
                     self.apply_update(fields, ctx);
                     return;
                 }
-                // The worker waits for this ack: register the checkpoints with their algorithm
-                // first, so a training record never lists one its algorithm does not.
-                let Some(run) = self.running.as_ref() else {
-                    return;
-                };
+                // Register the checkpoints with their algorithm first, so a training record
+                // never lists one its algorithm does not.
                 let (deployer, algorithm_id) =
                     (self.deployer.clone(), run.record.algorithm_id().to_string());
                 let link = async move {
@@ -474,13 +506,21 @@ impl Handler<WorkerFrame> for Executor {
                 let Some(run) = self.running.as_mut() else {
                     return;
                 };
-                if !is_terminal(run.record.status()) {
+                let unfinished = !is_terminal(run.record.status());
+                if unfinished {
                     run.before_terminal = Some(run.record.clone());
                     run.record.push_log(&format!(
                         "{} ERROR The algorithm runtime ended without a final status.\n",
                         log_time_now()
                     ));
                     run.record.fail(json!({"type": "TaskNotTerminated", "message": "The algorithm runtime ended without a final status.", "code": "task_not_terminated"}));
+                }
+                if unfinished {
+                    // The worker's own Python could not write the record: an algorithm may
+                    // have broken the interpreter (`json`, the handler, the bridge) for every
+                    // later task too. Before the pool hears the task finished, it hears this
+                    // worker is down, so nothing is dispatched to it until its replacement.
+                    self.replace_worker("its last task ended without a final status");
                 }
                 self.finish(ctx);
             }
@@ -528,8 +568,6 @@ pub struct RunExecution {
 impl Handler<RunExecution> for Executor {
     type Result = ();
     fn handle(&mut self, m: RunExecution, ctx: &mut Context<Self>) {
-        let mut job = m.job;
-        job["module_cache_dir"] = json!(self.module_cache_dir.display().to_string());
         let id = m.record.id().to_string();
         tracing::debug!(worker = self.index, task_id = %id, kind = m.record.kind().name(), "task dispatched");
         let stop_requested = self.early_stops.remove(&id);
@@ -538,8 +576,17 @@ impl Handler<RunExecution> for Executor {
             stop_requested,
             before_terminal: None,
             finishing: false,
+            waiting_job: None,
         });
-        self.send_frame(&ToWorker::Run { job });
+        if self.ready {
+            self.start_job(m.job);
+        } else {
+            // The worker died after the pool chose it; its replacement starts the job.
+            tracing::debug!(worker = self.index, task_id = %id, "worker restarting; the task waits for it");
+            if let Some(run) = self.running.as_mut() {
+                run.waiting_job = Some(m.job);
+            }
+        }
         if stop_requested {
             self.arm_stop_grace(id, ctx);
         }
@@ -584,6 +631,18 @@ impl Executor {
             .filter(|id| !t.output_checkpoint_ids.iter().any(|known| known == id))
             .map(str::to_string)
             .collect()
+    }
+
+    /// The running task a worker's update may change, or why it may not: no task is running,
+    /// or the update names another task (a thread an earlier job left behind).
+    fn writable_run(&self, task_id: Option<&str>) -> Result<&Running, String> {
+        let Some(run) = self.running.as_ref() else {
+            return Err("no execution is running".into());
+        };
+        if let Some(id) = task_id.filter(|id| *id != run.record.id()) {
+            return Err(format!("task {id} is not running on this worker any more"));
+        }
+        Ok(run)
     }
 
     /// Merges a worker's `update` into the running record, persists it and answers the worker.

@@ -116,8 +116,15 @@ impl Bridge {
             .map_err(storage_err)
     }
 
-    /// Sends the fields to the executor and returns whether a stop was requested.
-    fn update_record(&self, py: Python<'_>, fields: &Bound<'_, PyAny>) -> PyResult<bool> {
+    /// Sends the fields to the executor and returns whether a stop was requested. With
+    /// `task_id`, the executor refuses the write unless that task is the one running.
+    #[pyo3(signature = (fields, task_id=None))]
+    fn update_record(
+        &self,
+        py: Python<'_>,
+        fields: &Bound<'_, PyAny>,
+        task_id: Option<String>,
+    ) -> PyResult<bool> {
         self.check_owner()?;
         // Lone surrogates (e.g. from non-UTF-8 file names) become `?` instead of failing the write.
         let kwargs = pyo3::types::PyDict::new(py);
@@ -136,7 +143,7 @@ impl Bridge {
             let mut ch = channel
                 .lock()
                 .map_err(|_| std::io::Error::other("channel poisoned"))?;
-            ch.send(&FromWorker::Update { fields })?;
+            ch.send(&FromWorker::Update { fields, task_id })?;
             ch.recv()
         });
         match reply {
@@ -146,6 +153,39 @@ impl Bridge {
                 "unexpected reply from the executor: {other:?}"
             ))),
             Err(e) => Err(PyOSError::new_err(format!("executor channel failed: {e}"))),
+        }
+    }
+}
+
+/// Signal that tells a worker its server died; Python leaves real-time signals alone.
+fn parent_death_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 4
+}
+
+extern "C" fn kill_own_group(_: libc::c_int) {
+    // SAFETY: kill is async-signal-safe; the group is the worker and what its algorithms started.
+    unsafe { libc::kill(0, libc::SIGKILL) };
+}
+
+/// Asks the kernel to signal the worker when the server dies, also when the server is killed
+/// outright. A worker leading its own process group (as the executor starts it) then kills the
+/// whole group, so processes an algorithm started (subprocesses, multiprocessing children) do
+/// not outlive the server; any other worker just dies.
+fn die_with_parent() {
+    // SAFETY: installing a handler that only calls kill(2), and a prctl on this process.
+    unsafe {
+        if libc::getpgrp() != libc::getpid() {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            return;
+        }
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = kill_own_group as *const () as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        let signal = parent_death_signal();
+        if libc::sigaction(signal, &action, std::ptr::null_mut()) == 0 {
+            libc::prctl(libc::PR_SET_PDEATHSIG, signal);
+        } else {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         }
     }
 }
@@ -169,9 +209,9 @@ pub fn run(index: usize) -> anyhow::Result<()> {
             libc::close(null);
         }
         libc::dup2(2, 1);
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         (File::from_raw_fd(in_fd), File::from_raw_fd(out_fd))
     };
+    die_with_parent();
     let channel = Arc::new(Mutex::new(Channel {
         input: std::io::BufReader::new(input),
         output,

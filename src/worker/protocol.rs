@@ -28,6 +28,10 @@ pub enum FromWorker {
     },
     Update {
         fields: Map<String, Value>,
+        /// The task the writing handler belongs to; a write for any other task is refused, so a
+        /// thread left running by an earlier job cannot touch the current record.
+        #[serde(default)]
+        task_id: Option<String>,
     },
     Done,
     Fatal {

@@ -14,6 +14,8 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Any, Dict, Optional
 
+from compox.tasks._job_threads import started_before_job
+
 current_runner_context: ContextVar[Dict[str, Any]] = ContextVar("current_runner_context")
 
 _process_context: Optional[Dict[str, Any]] = None
@@ -29,9 +31,10 @@ def begin_runner_context() -> Dict[str, Any]:
 
 
 def active_runner_context() -> Optional[Dict[str, Any]]:
-    """The context of this thread, else the process fallback, else ``None``."""
+    """The context of this thread, else the process fallback for threads of the current job,
+    else ``None``."""
     context = current_runner_context.get(None)
-    if context is None:
+    if context is None and not started_before_job():
         context = _process_context
     return context
 

@@ -84,6 +84,7 @@ class BenchmarkHandler(TaskHandler):
 
     def mark_as_completed(self, data: Optional[Dict[str, Any]] = None) -> None:  # type: ignore[override]
         results = json_safe_results(data)
+        self._task_log.drain()
         self._progress = 1.0
         now = record_timestamp()
         self._log_file_stats()

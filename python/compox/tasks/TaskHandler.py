@@ -2,7 +2,9 @@
 
 A handler owns one task record and writes it field by field through its
 ``database_connection`` (the worker's bridge, or an ``InMemoryBridge``):
-``update_record(fields)`` merges the fields and answers whether a stop was requested.
+``update_record(fields, task_id)`` merges the fields and answers whether a stop was requested.
+The bridge refuses a write for a task that is not the running one or that already ended, so
+a thread an earlier execution left behind cannot change a later record.
 
 Lifecycle of one execution, as driven by ``compox._worker.run_job``:
 
@@ -223,7 +225,7 @@ class TaskHandler:
         if not self.database_update:
             return
         try:
-            stop_requested = bool(self.database_connection.update_record(fields))
+            stop_requested = bool(self.database_connection.update_record(fields, self._task_id))
         except CompoxError:
             raise
         except Exception as error:
@@ -246,6 +248,7 @@ class TaskHandler:
 
     def mark_as_completed(self, output_dataset_ids: Optional[List[str]]) -> None:
         ids = self._checked_output_ids(output_dataset_ids)
+        self._task_log.drain()
         self.progress = 1.0
         self.output_dataset_ids = ids
         self.time_completed = record_timestamp()
@@ -261,6 +264,7 @@ class TaskHandler:
         if e is not None and e is self._recorded_failure:
             return
 
+        self._task_log.drain()
         kind = self._TASK_KIND
         if isinstance(e, BaseException):
             self.logger.opt(exception=e).error(f"{kind.capitalize()} failed")
@@ -270,7 +274,7 @@ class TaskHandler:
 
         now = record_timestamp()
         try:
-            self.database_connection.update_record(self._failed_fields(e, now))
+            self.database_connection.update_record(self._failed_fields(e, now), self._task_id)
             self._recorded_failure = e if isinstance(e, BaseException) else None
         except Exception as write_error:
             # The Rust side keeps the emergency record when this write fails.
@@ -331,6 +335,7 @@ class TaskHandler:
         self._stopping = True
         try:
             try:
+                self._task_log.drain()
                 self.time_completed = record_timestamp()
                 self._log_file_stats()
                 self.update_log()

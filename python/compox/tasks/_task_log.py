@@ -17,7 +17,7 @@ import io
 import sys
 import threading
 import traceback
-from typing import Any, Callable, Dict, Optional, TextIO, Union
+from typing import Any, Callable, Dict, List, Optional, TextIO, Union
 
 from compox._time import log_timestamp
 
@@ -36,6 +36,15 @@ RECORD_MIN_LEVEL = LEVELS["INFO"]
 ExcInfo = Union[bool, BaseException, None]
 
 
+# The record's log keeps at most this many characters: its first LOG_HEAD_CHARS and its most
+# recent lines, with one line saying what was left out between them. The whole log travels
+# with every record update and every poll, so an algorithm printing without end must not
+# make it unbounded (the worker's frames are capped at 64 MiB; JSON may escape a character
+# into six bytes).
+LOG_LIMIT_CHARS = 8 * 1024 * 1024
+LOG_HEAD_CHARS = 1024 * 1024
+
+
 class TaskLog:
     """The accumulated text of one task's log, and where else its lines go."""
 
@@ -43,10 +52,15 @@ class TaskLog:
         self, console: Optional[Callable[[], TextIO]] = None, console_level: str = "DEBUG"
     ) -> None:
         self.stream = io.StringIO()
+        self._size = 0
+        self._head: Optional[str] = None
+        self._dropped_lines = 0
+        self._dropped_chars = 0
         self._lock = threading.Lock()
         self._open = True
         self._console = console
         self._console_level = LEVELS[console_level]
+        self._drains: List[Callable[[], None]] = []
 
     @property
     def is_open(self) -> bool:
@@ -54,10 +68,28 @@ class TaskLog:
 
     def text(self) -> str:
         with self._lock:
-            return self.stream.getvalue()
+            if self._head is None:
+                return self.stream.getvalue()
+            gap = (
+                f"... {self._dropped_lines} lines ({self._dropped_chars} characters) of this "
+                f"log were left out: it keeps its first and its most recent lines ...\n"
+            )
+            return self._head + gap + self.stream.getvalue()
 
     def close(self) -> None:
         self._open = False
+
+    def add_drain(self, drain: Callable[[], None]) -> None:
+        """Register something holding lines not yet emitted (captured output)."""
+        self._drains.append(drain)
+
+    def drain(self) -> None:
+        """Emit what the registered drains still hold; called before the final log write."""
+        for drain in self._drains:
+            try:
+                drain()
+            except Exception:
+                pass
 
     def emit(self, level: str, message: str, exc_text: str = "") -> None:
         number = LEVELS[level]
@@ -65,6 +97,9 @@ class TaskLog:
         with self._lock:
             if self._open and number >= RECORD_MIN_LEVEL:
                 self.stream.write(line)
+                self._size += len(line)
+                if self._size > LOG_LIMIT_CHARS:
+                    self._trim()
         if self._console is not None and number >= self._console_level:
             try:
                 # Looked up per line, so a redirected sys.stderr is honoured.
@@ -74,6 +109,29 @@ class TaskLog:
             except (OSError, ValueError):
                 # A closed console must never break the algorithm.
                 pass
+
+
+    def _trim(self) -> None:
+        """Keep the head and the most recent lines, down to three quarters of the limit so
+        that trimming happens once per quarter of the limit written (linear overall)."""
+        text = self.stream.getvalue()
+        if self._head is None:
+            cut = text.rfind("\n", 0, LOG_HEAD_CHARS) + 1 or LOG_HEAD_CHARS
+            self._head, text = text[:cut], text[cut:]
+        keep = LOG_LIMIT_CHARS * 3 // 4 - len(self._head)
+        start = len(text) - keep
+        newline = text.find("\n", start, start + LINE_SEARCH_CHARS)
+        if newline >= 0:
+            start = newline + 1
+        self._dropped_lines += text.count("\n", 0, start)
+        self._dropped_chars += start
+        self.stream = io.StringIO()
+        self.stream.write(text[start:])
+        self._size = len(self._head) + len(text) - start
+
+
+# How far past the cut a trim looks for a line end, so it does not start mid-line.
+LINE_SEARCH_CHARS = 64 * 1024
 
 
 def format_exception_text(error: BaseException) -> str:

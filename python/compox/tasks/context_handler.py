@@ -10,6 +10,8 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Any, Optional
 
+from compox.tasks._job_threads import started_before_job
+
 current_handler: ContextVar[Any] = ContextVar("current_handler")
 
 _process_handler: Optional[Any] = None
@@ -22,9 +24,10 @@ def set_current_handler(handler: Any) -> None:
 
 
 def active_handler() -> Optional[Any]:
-    """The handler of this thread, else the process fallback, else ``None``."""
+    """The handler of this thread, else the process fallback for threads of the current job,
+    else ``None``."""
     handler = current_handler.get(None)
-    if handler is None:
+    if handler is None and not started_before_job():
         handler = _process_handler
     return handler
 

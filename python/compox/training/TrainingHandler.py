@@ -126,6 +126,7 @@ class TrainingHandler(TaskHandler):
     # -- terminal transitions --------------------------------------------------------------
 
     def mark_as_completed(self, output_dataset_ids: Optional[List[str]] = None) -> None:
+        self._task_log.drain()
         self.progress = 1.0
         self.time_completed = utc_timestamp()
         self.update_log()

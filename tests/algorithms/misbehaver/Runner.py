@@ -2,6 +2,7 @@
 
 import os
 import sys
+import threading
 import time
 
 from compox.algorithm_utils.BaseRunner import BaseRunner
@@ -30,8 +31,32 @@ class Runner(BaseRunner):
                 time.sleep(30)
                 os._exit(0)
             time.sleep(60)
+        elif mode == "leave_thread":
+            threading.Thread(target=self._linger, args=(self.task_handler,), daemon=True).start()
+        elif mode == "sleep_briefly":
+            time.sleep(1.5)
+        elif mode == "break_json":
+            # Every later record write of this interpreter fails.
+            sys.modules["json"] = None
         self.log_message(f"misbehaver {mode} done")
         return None
+
+    def _linger(self, handler):
+        """Keeps writing through this execution's handler and through the runner, into
+        whatever execution runs next on this worker."""
+        deadline = time.monotonic() + 4.0
+        while time.monotonic() < deadline:
+            for write in (
+                lambda: self.set_progress(0.77),
+                lambda: setattr(handler, "progress", 0.66),
+                lambda: self.log_message("LEAK from an earlier execution"),
+            ):
+                try:
+                    write()
+                except Exception:
+                    pass
+            print("LEAK printed by an earlier execution")
+            time.sleep(0.01)
 
     def postprocess(self, data, args=None):
         return []
