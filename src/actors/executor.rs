@@ -506,16 +506,13 @@ impl Handler<WorkerFrame> for Executor {
                 let Some(run) = self.running.as_mut() else {
                     return;
                 };
-                let unfinished = !is_terminal(run.record.status());
-                if unfinished {
+                if !is_terminal(run.record.status()) {
                     run.before_terminal = Some(run.record.clone());
                     run.record.push_log(&format!(
                         "{} ERROR The algorithm runtime ended without a final status.\n",
                         log_time_now()
                     ));
                     run.record.fail(json!({"type": "TaskNotTerminated", "message": "The algorithm runtime ended without a final status.", "code": "task_not_terminated"}));
-                }
-                if unfinished {
                     // The worker's own Python could not write the record: an algorithm may
                     // have broken the interpreter (`json`, the handler, the bridge) for every
                     // later task too. Before the pool hears the task finished, it hears this
