@@ -39,6 +39,14 @@ pub fn log_time_now() -> String {
 pub const TERMINAL_EXECUTION_STATUSES: [&str; 3] = ["COMPLETED", "FAILED", "STOPPED"];
 pub const STOPPABLE_STATUSES: [&str; 3] = ["PENDING", "RUNNING", "STARTED"];
 
+/// Record fields a worker's update never changes (see [`TaskRecord::apply`]).
+const SERVER_OWNED_FIELDS: [&str; 4] = [
+    "execution_id",
+    "training_id",
+    "benchmark_id",
+    "algorithm_id",
+];
+
 pub fn is_terminal(status: &str) -> bool {
     TERMINAL_EXECUTION_STATUSES.contains(&status.to_ascii_uppercase().as_str())
 }
@@ -286,11 +294,18 @@ impl TaskRecord {
         }
     }
 
+    /// Merges fields a worker sent. The fields that say which task this is and what it runs
+    /// are the server's: an algorithm changing them would detach the record from its task.
     pub fn apply(&mut self, fields: &Map<String, Value>) {
+        let fields: Map<String, Value> = fields
+            .iter()
+            .filter(|(key, _)| !SERVER_OWNED_FIELDS.contains(&key.as_str()))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
         match self {
-            TaskRecord::Execution(r) => r.apply(fields),
-            TaskRecord::Training(r) => merge(r, fields),
-            TaskRecord::Benchmark(r) => merge(r, fields),
+            TaskRecord::Execution(r) => r.apply(&fields),
+            TaskRecord::Training(r) => merge(r, &fields),
+            TaskRecord::Benchmark(r) => merge(r, &fields),
         }
     }
 
@@ -430,6 +445,33 @@ mod tests {
         assert_eq!(api["progress"].to_string(), "1.0");
         assert!(api.get("resolved_execution_device").is_none());
         assert_eq!(rec.to_value()["resolved_execution_device"], "cpu");
+    }
+
+    #[test]
+    fn a_worker_update_cannot_change_which_task_a_record_is() {
+        let mut rec = training();
+        let fields: Map<String, Value> = serde_json::from_str(
+            r#"{"training_id":"other","algorithm_id":"b","execution_id":"e","progress":0.5}"#,
+        )
+        .unwrap();
+        rec.apply(&fields);
+        assert_eq!((rec.id(), rec.algorithm_id()), ("t", "a"));
+        assert!(rec.to_value().get("execution_id").is_none());
+        assert_eq!(rec.to_api()["progress"].as_f64(), Some(0.5));
+
+        let mut execution = TaskRecord::parse(
+            TaskKind::Execution,
+            br#"{"execution_id":"x","algorithm_id":"a","checkpoint_id":null,
+                 "algorithm_minor_version":null,"input_dataset_ids":[],
+                 "execution_device_override":null,"resolved_execution_device":null,
+                 "additional_parameters":{},"session_token":null,"output_dataset_ids":[],
+                 "status":"RUNNING","progress":0.1,"time_started":"t","time_completed":"",
+                 "log":""}"#,
+        )
+        .unwrap();
+        execution.apply(&fields);
+        assert_eq!((execution.id(), execution.algorithm_id()), ("x", "a"));
+        assert_eq!(execution.to_api()["progress"].as_f64(), Some(0.5));
     }
 
     #[test]

@@ -1553,39 +1553,72 @@ async fn a_thread_left_by_an_earlier_execution_cannot_touch_a_later_one() {
     };
     assert_eq!(later["status"], "COMPLETED", "{later}");
     assert!(
-        !seen_progress.iter().any(|p| *p == 0.77 || *p == 0.66),
+        !seen_progress.iter().any(|p| [0.77, 0.66, 0.33].contains(p)),
         "{seen_progress:?}"
     );
     assert_eq!(later["progress"].as_f64(), Some(1.0));
     assert!(!log_of(&later).contains("LEAK"), "{later}");
 }
 
-/// An algorithm that breaks its interpreter for every later task (here its `json` module, so no
-/// record write works) costs one execution: the worker is replaced, the next one runs.
+/// The id and algorithm of a record are the server's: an algorithm writing others into its
+/// record neither moves the record nor wedges the worker's slot.
+#[tokio::test]
+async fn an_algorithm_cannot_rename_its_record() {
+    let server = Server::start();
+    let alg = server.deploy_ok("misbehaver").await;
+    let (rec, _) = run(&server, &alg, &[], json!({ "mode": "rename_record" })).await;
+    assert_eq!(rec["status"], "COMPLETED", "{rec}");
+    let id = rec["execution_id"].as_str().unwrap();
+    assert_eq!(rec["algorithm_id"], alg.as_str());
+    assert_eq!(stored_terminal(&server, id).await["status"], "COMPLETED");
+    assert!(!server.store_exists("execution-store", "renamed-by-the-algorithm"));
+
+    let (next, _) = run(&server, &alg, &[], json!({ "mode": "surrogate" })).await;
+    assert_eq!(next["status"], "COMPLETED", "{next}");
+    let health = server.health().await;
+    assert!(health["workers"][0]["busy_with"].is_null(), "{health}");
+}
+
+/// An algorithm that breaks its interpreter for every later task costs only its own execution:
+/// the worker is replaced, the next execution runs. Each mode breaks it another way.
 #[tokio::test]
 async fn a_worker_whose_interpreter_is_broken_is_replaced() {
     let server = Server::start();
     let alg = server.deploy_ok("misbehaver").await;
-    let pid = worker_pid(&server, 0).await;
+    let cases = [
+        // No record write works any more, not even the failure.
+        (
+            "break_json",
+            "FAILED",
+            "the task changed sys.modules['json']",
+        ),
+        // The execution itself completes; the next one could not read its job.
+        (
+            "break_json_loads",
+            "COMPLETED",
+            "the task changed json.loads",
+        ),
+        (
+            "patch_handler",
+            "FAILED",
+            "the task changed compox.tasks.TaskHandler.TaskHandler._write_record",
+        ),
+    ];
+    for (mode, status, reason) in cases {
+        let pid = worker_pid(&server, 0).await;
+        let (broken, _) = run(&server, &alg, &[], json!({ "mode": mode })).await;
+        assert_eq!(broken["status"], status, "{mode}: {broken}");
 
-    let (broken, _) = run(&server, &alg, &[], json!({ "mode": "break_json" })).await;
-    assert_eq!(broken["status"], "FAILED", "{broken}");
-    assert!(
-        log_of(&broken).contains("ERROR The algorithm runtime ended without a final status."),
-        "{broken}"
-    );
-
-    wait_restarted(&server, 0, pid).await;
-    let health = server.health().await;
-    assert!(
-        health["workers"][0]["last_exit"]
-            .as_str()
-            .unwrap_or("")
-            .contains("replaced by compox: its last task ended without a final status"),
-        "{health}"
-    );
-    let (next, _) = run(&server, &alg, &[], json!({ "mode": "surrogate" })).await;
-    assert_eq!(next["status"], "COMPLETED", "{next}");
+        wait_restarted(&server, 0, pid).await;
+        let health = server.health().await;
+        assert_eq!(
+            health["workers"][0]["last_exit"],
+            format!("replaced by compox: {reason}").as_str(),
+            "{mode}: {health}"
+        );
+        let (next, _) = run(&server, &alg, &[], json!({ "mode": "surrogate" })).await;
+        assert_eq!(next["status"], "COMPLETED", "{mode}: {next}");
+    }
 }
 
 /// Malformed JSON bodies get the position and message Python's `json` module gives (the

@@ -13,6 +13,8 @@ from PENDING to a terminal state. For an execution:
 5. Whatever happens, end with a terminal record (the handler wrote FAILED/STOPPED already;
    a safety net covers anything that escaped it), restore the streams, drop the process
    fallbacks for threads, and collect garbage (and the CUDA cache if torch is loaded).
+6. Tell the worker whether the job changed code it relies on (``_interpreter_guard``); such
+   a worker is replaced.
 
 A training runs the same way with a ``TrainingHandler`` and a fresh ``TempStore`` (removed at
 the end), then ``run_training``; a benchmark with a ``BenchmarkHandler`` (no session), the
@@ -29,8 +31,9 @@ import contextvars
 import gc
 import sys
 from datetime import datetime
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
+from compox import _interpreter_guard
 from compox._captured_output import CapturedOutput
 from compox._process_log import process_log
 from compox._time import log_timestamp, record_timestamp
@@ -46,8 +49,9 @@ from compox.training.TrainingHandler import TrainingHandler
 TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "STOPPED"})
 
 
-def run_job(job: Dict[str, Any], bridge: Any) -> None:
-    """Run one job to its terminal state; see the module docs for the steps."""
+def run_job(job: Dict[str, Any], bridge: Any) -> Optional[str]:
+    """Run one job to its terminal state; see the module docs for the steps. Returns why this
+    worker must be replaced (the job changed code the worker relies on), else ``None``."""
     context = contextvars.Context()
     _job_threads.begin_job()
     try:
@@ -59,6 +63,11 @@ def run_job(job: Dict[str, Any], bridge: Any) -> None:
         runner_context.clear_process_fallback()
         _job_threads.end_job()
         _release_memory()
+    try:
+        changed = _interpreter_guard.first_change()
+    except BaseException as error:
+        return f"the interpreter check failed: {type(error).__name__}: {error}"
+    return f"the task changed {changed}" if changed else None
 
 
 # job kind -> (record id field, what runs once the handler is current)
@@ -244,5 +253,8 @@ def _release_memory() -> None:
     except Exception as error:
         _log_process_error("Could not release CUDA memory", error)
 
+
+# Everything the worker runs is imported now: this is the state every job must leave.
+_interpreter_guard.remember()
 
 __all__ = ["run_job"]

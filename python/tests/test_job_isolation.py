@@ -17,6 +17,7 @@ from helpers import Deployment, log_messages, make_job, put_image, write_algorit
 
 LEAKY_FILES = {
     "Runner.py": '''
+        import _thread
         import threading
 
         import leak_sync
@@ -45,10 +46,30 @@ LEAKY_FILES = {
                         print("LEAK via print")
                         leak_sync.done.set()
 
+                    def linger_raw():
+                        leak_sync.raw_started.set()
+                        leak_sync.go.wait(10)
+                        attempt("raw_set_progress", lambda: self.set_progress(0.55))
+                        print("LEAK via a raw thread")
+                        leak_sync.raw_done.set()
+
+                    def tick():
+                        # A timer that keeps re-arming itself: each tick is a new thread.
+                        if not leak_sync.go.is_set():
+                            threading.Timer(0.005, tick).start()
+                            return
+                        attempt("timer_set_progress", lambda: self.set_progress(0.44))
+                        attempt("timer_log_message", lambda: self.log_message("LEAK via a timer"))
+                        leak_sync.timer_done.set()
+
                     threading.Thread(target=linger, daemon=True).start()
+                    _thread.start_new_thread(linger_raw, ())
+                    leak_sync.raw_started.wait(10)
+                    threading.Timer(0.005, tick).start()
                 else:
                     leak_sync.go.set()
-                    assert leak_sync.done.wait(10)
+                    for event in (leak_sync.done, leak_sync.raw_done, leak_sync.timer_done):
+                        assert event.wait(10)
                     worker = threading.Thread(target=lambda: self.set_progress(0.25))
                     worker.start()
                     worker.join()
@@ -59,7 +80,11 @@ LEAKY_FILES = {
 
 @pytest.fixture
 def leak_sync(monkeypatch):
-    sync = types.SimpleNamespace(go=threading.Event(), done=threading.Event(), outcomes={})
+    sync = types.SimpleNamespace(
+        go=threading.Event(), done=threading.Event(), raw_started=threading.Event(),
+        raw_done=threading.Event(),
+        timer_done=threading.Event(), outcomes={},
+    )
     monkeypatch.setitem(sys.modules, "leak_sync", sync)
     return sync
 
@@ -83,7 +108,7 @@ def test_a_thread_left_by_an_earlier_execution_cannot_write_into_a_later_one(
     later_progress = [w["progress"] for w in bridge.written_fields() if "progress" in w]
     # The later job's own thread still reaches its handler through the fallback.
     assert 0.25 in later_progress
-    assert 0.77 not in later_progress and 0.66 not in later_progress
+    assert not {0.77, 0.66, 0.55, 0.44} & set(later_progress)
     assert "LEAK" not in later["log"]
     assert "LEAK" not in first["log"]
     # Through the runner the leftover thread has no handler, as in the original; through a
@@ -93,6 +118,9 @@ def test_a_thread_left_by_an_earlier_execution_cannot_write_into_a_later_one(
         "log_message": "task_handler_not_set",
         "handler_progress": "task_record_update_failed",
         "handler_log": "ok",
+        "raw_set_progress": "task_handler_not_set",
+        "timer_set_progress": "task_handler_not_set",
+        "timer_log_message": "task_handler_not_set",
     }
     assert first["progress"] == 1.0
 
@@ -169,3 +197,35 @@ def test_the_record_log_keeps_its_head_and_its_most_recent_lines():
     # The kept lines are the first ones and the most recent ones, each whole and in order.
     numbers = [int(line.split(" line ")[1].split()[0]) for line in kept]
     assert numbers == list(range(head_end)) + list(range(line_count - len(kept) + head_end, line_count))
+
+
+PATCHING_FILES = {
+    "Runner.py": '''
+        import compox.algorithm_debug
+        from compox.algorithm_utils.Image2ImageRunner import Image2ImageRunner
+
+
+        class Runner(Image2ImageRunner):
+            def inference(self, data, args=None):
+                if args.get("patch"):
+                    compox.algorithm_debug.debug = None
+                return data
+    ''',
+}
+
+
+def test_run_job_says_when_a_job_changed_code_the_worker_relies_on(bridge, tmp_path, monkeypatch):
+    import compox.algorithm_debug
+
+    # Restored after the test, whatever the algorithm did.
+    monkeypatch.setattr(compox.algorithm_debug, "debug", compox.algorithm_debug.debug)
+    deployment = Deployment(bridge, write_algorithm(tmp_path / "patching", PATCHING_FILES))
+    inputs = [put_image(bridge, np.arange(4, dtype=np.uint8).reshape(2, 2))]
+
+    clean = make_job(bridge, deployment, inputs, tmp_path, record={"additional_parameters": {}})
+    assert run_job(clean, bridge) is None
+
+    patching = make_job(bridge, deployment, inputs, tmp_path,
+                        record={"additional_parameters": {"patch": True}})
+    assert run_job(patching, bridge) == "the task changed compox.algorithm_debug.debug"
+    assert bridge.record()["status"] == "COMPLETED"

@@ -502,10 +502,11 @@ impl Handler<WorkerFrame> for Executor {
                     }),
                 }));
             }
-            FromWorker::Done => {
+            FromWorker::Done { retire } => {
                 let Some(run) = self.running.as_mut() else {
                     return;
                 };
+                let mut retire = retire;
                 if !is_terminal(run.record.status()) {
                     run.before_terminal = Some(run.record.clone());
                     run.record.push_log(&format!(
@@ -514,10 +515,15 @@ impl Handler<WorkerFrame> for Executor {
                     ));
                     run.record.fail(json!({"type": "TaskNotTerminated", "message": "The algorithm runtime ended without a final status.", "code": "task_not_terminated"}));
                     // The worker's own Python could not write the record: an algorithm may
-                    // have broken the interpreter (`json`, the handler, the bridge) for every
-                    // later task too. Before the pool hears the task finished, it hears this
-                    // worker is down, so nothing is dispatched to it until its replacement.
-                    self.replace_worker("its last task ended without a final status");
+                    // have broken the interpreter for every later task too.
+                    retire.get_or_insert_with(|| {
+                        "its last task ended without a final status".to_string()
+                    });
+                }
+                if let Some(why) = retire {
+                    // Before the pool hears the task finished, it hears this worker is down,
+                    // so nothing is dispatched to it until its replacement is ready.
+                    self.replace_worker(&why);
                 }
                 self.finish(ctx);
             }

@@ -19,6 +19,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use std::fs::File;
 use std::os::fd::FromRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 struct Channel {
@@ -36,7 +37,8 @@ impl Channel {
     }
 }
 
-/// What Python calls: storage access and record updates (`docs/worker-protocol.md` §2).
+/// What Python calls: storage access and record updates (`docs/worker-protocol.md` §2). Each
+/// job gets its own bridge, which dies with the job.
 #[pyclass]
 struct Bridge {
     /// The worker's pid: a process the algorithm forked must not talk to the executor.
@@ -44,6 +46,12 @@ struct Bridge {
     channel: Arc<Mutex<Channel>>,
     backend: Arc<dyn Backend>,
     runtime: Arc<tokio::runtime::Runtime>,
+    /// The task of the job: every record update names it, so the executor can refuse updates
+    /// for any other task.
+    task_id: Option<String>,
+    /// Cleared when the job returns: a thread the job left behind, holding this bridge, can no
+    /// longer read, write or update anything.
+    live: Arc<AtomicBool>,
 }
 
 fn collection(name: &str) -> PyResult<&'static str> {
@@ -63,14 +71,34 @@ fn storage_err(e: crate::storage::StorageError) -> PyErr {
 }
 
 impl Bridge {
-    fn check_owner(&self) -> PyResult<()> {
+    fn check_usable(&self) -> PyResult<()> {
         if std::process::id() != self.owner_pid {
             return Err(pyo3::exceptions::PyRuntimeError::new_err(
                 "the compox bridge cannot be used from a process forked by the algorithm",
             ));
         }
+        if !self.live.load(Ordering::Acquire) {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
+                "the compox bridge of task {} cannot be used after the task ended",
+                self.task_id.as_deref().unwrap_or("?")
+            )));
+        }
         Ok(())
     }
+}
+
+/// The id of the task a `run` job carries (`execution_id`, `training_id` or `benchmark_id`).
+fn job_task_id(job: &serde_json::Value) -> Option<String> {
+    let field = match job
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or("execution")
+    {
+        "training" => "training_id",
+        "benchmark" => "benchmark_id",
+        _ => "execution_id",
+    };
+    job.get("record")?.get(field)?.as_str().map(str::to_string)
 }
 
 #[pymethods]
@@ -81,7 +109,7 @@ impl Bridge {
         collection_name: &str,
         key: &str,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        self.check_owner()?;
+        self.check_usable()?;
         let c = collection(collection_name)?;
         let (backend, rt) = (self.backend.clone(), self.runtime.clone());
         let key = key.to_string();
@@ -98,7 +126,7 @@ impl Bridge {
         key: &str,
         data: &[u8],
     ) -> PyResult<()> {
-        self.check_owner()?;
+        self.check_usable()?;
         let c = collection(collection_name)?;
         let (backend, rt) = (self.backend.clone(), self.runtime.clone());
         let key = key.to_string();
@@ -108,7 +136,7 @@ impl Bridge {
     }
 
     fn object_exists(&self, py: Python<'_>, collection_name: &str, key: &str) -> PyResult<bool> {
-        self.check_owner()?;
+        self.check_usable()?;
         let c = collection(collection_name)?;
         let (backend, rt) = (self.backend.clone(), self.runtime.clone());
         let key = key.to_string();
@@ -125,7 +153,13 @@ impl Bridge {
         fields: &Bound<'_, PyAny>,
         task_id: Option<String>,
     ) -> PyResult<bool> {
-        self.check_owner()?;
+        self.check_usable()?;
+        if let Some(given) = task_id.filter(|given| Some(given) != self.task_id.as_ref()) {
+            return Err(PyOSError::new_err(format!(
+                "task {given} is not the task of this bridge"
+            )));
+        }
+        let task_id = self.task_id.clone();
         // Lone surrogates (e.g. from non-UTF-8 file names) become `?` instead of failing the write.
         let kwargs = pyo3::types::PyDict::new(py);
         kwargs.set_item("ensure_ascii", false)?;
@@ -252,17 +286,6 @@ pub fn run(index: usize) -> anyhow::Result<()> {
             pid: std::process::id(),
         })?;
     let owner_pid = std::process::id();
-    let bridge = Python::with_gil(|py| {
-        Py::new(
-            py,
-            Bridge {
-                owner_pid,
-                channel: channel.clone(),
-                backend,
-                runtime,
-            },
-        )
-    })?;
     loop {
         let frame = channel
             .lock()
@@ -272,13 +295,26 @@ pub fn run(index: usize) -> anyhow::Result<()> {
             None | Some(ToWorker::Shutdown) => return Ok(()),
             Some(ToWorker::Run { job }) => {
                 let job_text = job.to_string();
-                Python::with_gil(|py| -> PyResult<()> {
+                let live = Arc::new(AtomicBool::new(true));
+                let bridge = Bridge {
+                    owner_pid,
+                    channel: channel.clone(),
+                    backend: backend.clone(),
+                    runtime: runtime.clone(),
+                    task_id: job_task_id(&job),
+                    live: live.clone(),
+                };
+                let retire = Python::with_gil(|py| -> PyResult<Option<String>> {
                     let job = py.import("json")?.call_method1("loads", (job_text,))?;
                     py.import("compox._worker")?
-                        .call_method1("run_job", (job, bridge.clone_ref(py)))?;
-                    Ok(())
+                        .call_method1("run_job", (job, Py::new(py, bridge)?))?
+                        .extract()
                 })
-                .unwrap_or_else(|e| eprintln!("worker {index}: run_job raised: {e}"));
+                .unwrap_or_else(|e| {
+                    eprintln!("worker {index}: run_job raised: {e}");
+                    Some(format!("run_job raised: {e}"))
+                });
+                live.store(false, Ordering::Release);
                 if std::process::id() != owner_pid {
                     // A forked child of the algorithm returned here: it must not act as the worker.
                     // SAFETY: immediate exit without running Rust or Python destructors.
@@ -287,7 +323,7 @@ pub fn run(index: usize) -> anyhow::Result<()> {
                 channel
                     .lock()
                     .map_err(|_| anyhow::anyhow!("poisoned"))?
-                    .send(&FromWorker::Done)?;
+                    .send(&FromWorker::Done { retire })?;
             }
             Some(other) => eprintln!("worker {index}: ignoring unexpected frame {other:?}"),
         }

@@ -33,7 +33,12 @@ pub enum FromWorker {
         #[serde(default)]
         task_id: Option<String>,
     },
-    Done,
+    /// The job ended. `retire`: why this worker must be replaced (its interpreter was changed
+    /// by the job), if it must.
+    Done {
+        #[serde(default)]
+        retire: Option<String>,
+    },
     Fatal {
         message: String,
     },

@@ -35,9 +35,27 @@ class Runner(BaseRunner):
             threading.Thread(target=self._linger, args=(self.task_handler,), daemon=True).start()
         elif mode == "sleep_briefly":
             time.sleep(1.5)
+        elif mode == "rename_record":
+            # Tries to move the record to another id and algorithm.
+            handler = self.task_handler
+            handler.database_connection.update_record(
+                {"execution_id": "renamed-by-the-algorithm", "algorithm_id": "other"}
+            )
         elif mode == "break_json":
             # Every later record write of this interpreter fails.
             sys.modules["json"] = None
+        elif mode == "break_json_loads":
+            # This execution completes; every later one would fail to read its job.
+            import json
+
+            json.loads = None
+        elif mode == "patch_handler":
+            from compox.tasks.TaskHandler import TaskHandler
+
+            def refuse(*args, **kwargs):
+                raise RuntimeError("patched by the algorithm")
+
+            TaskHandler._write_record = refuse
         self.log_message(f"misbehaver {mode} done")
         return None
 
@@ -50,6 +68,9 @@ class Runner(BaseRunner):
                 lambda: self.set_progress(0.77),
                 lambda: setattr(handler, "progress", 0.66),
                 lambda: self.log_message("LEAK from an earlier execution"),
+                lambda: handler.database_connection.update_record(
+                    {"progress": 0.33, "log": "LEAK through the bridge"}
+                ),
             ):
                 try:
                     write()
