@@ -798,3 +798,44 @@ async fn a_running_server_sees_an_import_made_by_another_process() {
         "the refresh is logged for the operator"
     );
 }
+
+/// A bundle whose algorithm record does not say which algorithm it is, or has no minor
+/// versions, is refused as the original refuses it (`platform.md` §5.5 steps 3–4): stored, such
+/// a record would make every listing of the target fail.
+#[tokio::test]
+async fn bundles_with_malformed_algorithm_records_are_refused() {
+    let bad_records = [
+        (
+            "5~5~1",
+            r#"{"algorithm_name": 5}"#,
+            "algorithm_id must be a non-empty string",
+        ),
+        (
+            "8c0e2a2e-0000-11f1-8000-000000000001~n~1",
+            r#"{"algorithm_id": "8c0e2a2e-0000-11f1-8000-000000000001",
+                "algorithm_name": "n", "algorithm_major_version": "1"}"#,
+            "algorithm_minor_version must be a non-empty map",
+        ),
+    ];
+    for (key, body, why) in bad_records {
+        let (src, _) = source_store().await;
+        std::fs::write(src.path().join("store/algorithm-store").join(key), body).unwrap();
+        let (bundle, bundle_key) = build(src.path(), None);
+
+        let target = tempfile::tempdir().unwrap();
+        let config = write_cli_config(target.path());
+        let store = target.path().join("store");
+        let o = import(&config, &bundle, &bundle_key);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{key}: {}{err}", stdout(&o));
+        assert!(
+            err.contains("builtin_algorithm_import_failed"),
+            "{key}: {err}"
+        );
+        assert!(err.contains(why), "{key}: {err}");
+        assert!(files_of(&store, "algorithm-store").is_empty(), "{key}");
+        let s = state(&store);
+        assert_eq!(s["last_import_status"], "FAILED", "{key}");
+        assert_eq!(s["rollback_status"], "COMPLETED", "{key}");
+    }
+}

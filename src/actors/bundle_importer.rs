@@ -419,6 +419,9 @@ impl Import<'_> {
             &self.reader.read_bytes(ALGORITHM_STORE, s_key)?,
             "the bundled algorithm record",
         )?;
+        merge::check_bundled_record(&s).map_err(|why| {
+            BundleError::ImportFailed(format!("the bundled algorithm record {s_key}: {why}"))
+        })?;
         let name = text(&s["algorithm_name"]);
         let major = text(&s["algorithm_major_version"]);
         let existing_key = self

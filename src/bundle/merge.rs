@@ -18,6 +18,40 @@ pub const OVERWRITTEN_FIELDS: [&str; 9] = [
     "exportable",
 ];
 
+/// Why a bundled algorithm record cannot be imported, if it cannot: it must say which
+/// algorithm it is (string id, name and major version that make a storage key), hold its minor
+/// versions as a map of entries, and be complete enough to list (the original's import fails
+/// on the same records, `platform.md` §5.5 steps 3–4; stored, they would break every listing).
+pub fn check_bundled_record(s: &Value) -> Result<(), String> {
+    let text = |field: &str| match s.get(field) {
+        Some(Value::String(v)) if !v.is_empty() => Ok(v.as_str()),
+        other => Err(format!(
+            "{field} must be a non-empty string, got {}",
+            other.cloned().unwrap_or(Value::Null)
+        )),
+    };
+    let id = text("algorithm_id")?;
+    if uuid::Uuid::parse_str(id).is_err() {
+        return Err(format!("algorithm_id {id:?} is not a UUID"));
+    }
+    record::check_key_fits(text("algorithm_name")?, text("algorithm_major_version")?)?;
+    let minors = s
+        .get("algorithm_minor_version")
+        .and_then(Value::as_object)
+        .filter(|m| !m.is_empty())
+        .ok_or("algorithm_minor_version must be a non-empty map of minor versions")?;
+    if let Some((minor, _)) = minors.iter().find(|(_, entry)| !entry.is_object()) {
+        return Err(format!("minor version {minor} is not an object"));
+    }
+    if latest_minor(s).is_none() {
+        return Err("latest_algorithm_minor_version names no stored minor version".into());
+    }
+    match record::api_item(s) {
+        record::ApiItem::Broken(why) => Err(why),
+        _ => Ok(()),
+    }
+}
+
 /// The bundled record's latest minor entry, when it has one.
 pub fn latest_minor(s: &Value) -> Option<&Value> {
     let latest = minor_name(s.get("latest_algorithm_minor_version")?)?;
@@ -274,6 +308,42 @@ mod tests {
         assert!(merge_record(&bundled(), Some(&e), "tgt", "now")
             .unwrap_err()
             .contains("\"9\""));
+    }
+
+    #[test]
+    fn bundled_records_must_name_their_algorithm_and_minors() {
+        let complete = || {
+            let mut s = bundled();
+            s["algorithm_id"] = json!("8c0e2a2e-0000-11f1-8000-000000000001");
+            for (field, value) in [
+                ("algorithm_type", json!("Generic")),
+                ("algorithm_tags", json!([])),
+                ("supported_devices", json!(["cpu"])),
+                ("default_device", json!("cpu")),
+                ("additional_parameters", json!([])),
+            ] {
+                s[field] = value;
+            }
+            s
+        };
+        assert_eq!(check_bundled_record(&complete()), Ok(()));
+        let broken = |edit: &dyn Fn(&mut Value)| {
+            let mut s = complete();
+            edit(&mut s);
+            check_bundled_record(&s).unwrap_err()
+        };
+        assert!(broken(&|s| s["algorithm_id"] = json!(5)).contains("algorithm_id"));
+        assert!(broken(&|s| s["algorithm_id"] = json!("abc")).contains("not a UUID"));
+        assert!(broken(&|s| s["algorithm_name"] = json!("n".repeat(300))).contains("storage key"));
+        assert!(broken(&|s| s["algorithm_minor_version"] = json!({})).contains("non-empty"));
+        assert!(
+            broken(&|s| s["algorithm_minor_version"]["0"] = json!("x")).contains("not an object")
+        );
+        assert!(broken(&|s| s["latest_algorithm_minor_version"] = json!("7")).contains("names no"));
+        assert!(broken(&|s| {
+            s.as_object_mut().unwrap().remove("algorithm_type");
+        })
+        .contains("lacks required key"));
     }
 
     #[test]
