@@ -2484,3 +2484,31 @@ async fn records_written_by_another_writer_are_seen_without_a_restart() {
     assert_eq!((status, names_of(&all)), (200, vec!["noop".to_string()]));
     assert_eq!(keys(&server, "algorithm-store").len(), 1);
 }
+
+/// A `pyproject.toml` that is a FIFO would block its reader until someone writes to it: the
+/// deploy is refused at once and the server keeps answering.
+#[tokio::test]
+async fn a_pyproject_that_is_not_a_regular_file_is_refused_without_blocking() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let dir = copy_algorithm("noop", work.path(), "fifo_project");
+    let pyproject = dir.join("pyproject.toml");
+    std::fs::remove_file(&pyproject).unwrap();
+    let c_path = std::ffi::CString::new(pyproject.display().to_string()).unwrap();
+    // SAFETY: creating a FIFO at a path of our own temporary folder.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+
+    let deploy = tokio::time::timeout(Duration::from_secs(20), deploy_with(&server, &dir, &[]));
+    let (status, body) = deploy.await.expect("the deploy hung on the FIFO");
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "algorithm_deploy_failed", "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("is not a regular file"),
+        "{body}"
+    );
+    let (status, _) = server.get("/health").await;
+    assert_eq!(status, 200);
+}

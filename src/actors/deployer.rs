@@ -36,8 +36,8 @@ use crate::deploy::{pyproject, scan, zip_input, DeployOverrides, DeploySource};
 use crate::errors::{AlgorithmError, ApiError, DeployError};
 use crate::records::{local_now, utc_iso_now, uuid1};
 use crate::storage::{
-    ObjectInfo, StorageError, ALGORITHM_STORE, ASSET_STORE, CHECKPOINT_STORE, DEPLOY_STORE,
-    MODULE_STORE,
+    ByteStream, ObjectInfo, StorageError, ALGORITHM_STORE, ASSET_STORE, CHECKPOINT_STORE,
+    DEPLOY_STORE, MODULE_STORE,
 };
 use actix::prelude::*;
 use bytes::Bytes;
@@ -45,7 +45,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
@@ -1298,7 +1298,13 @@ impl Pipeline {
             }
             _ => path.to_path_buf(),
         };
-        let cfg = pyproject::read(&root).map_err(DeployError::InvalidAlgorithm)?;
+        // Reading the folder may be slow (a network mount): off the actors' thread.
+        let folder = root.clone();
+        let (cfg, files) =
+            tokio::task::spawn_blocking(move || (pyproject::read(&folder), scan::scan(&folder)))
+                .await
+                .map_err(|e| DeployError::Internal(e.to_string()))?;
+        let cfg = cfg.map_err(DeployError::InvalidAlgorithm)?;
         for w in &cfg.warnings {
             tracing::debug!(warning = %w, "pyproject");
         }
@@ -1311,7 +1317,7 @@ impl Pipeline {
             .clone()
             .unwrap_or_else(|| cfg.major.clone());
         record::check_key_fits(&name, &major).map_err(DeployError::InvalidAlgorithm)?;
-        let files = scan::scan(&root).map_err(|e| DeployError::RunnerNotFound { root: e })?;
+        let files = files.map_err(|e| DeployError::RunnerNotFound { root: e })?;
         if matches!(source, DeploySource::HttpFolder) {
             // A symlinked file is read through: its target must be allowed too.
             for link in &files.linked {
@@ -1388,7 +1394,7 @@ impl Pipeline {
             .await
             .map_err(storage_err)?
         {
-            self.put_file(MODULE_STORE, &built.module_id, &built.zip_path)
+            self.put_file(MODULE_STORE, &built.module_id, &built.zip_path, |body| body)
                 .await
                 .map_err(storage_err)?;
             uploaded.push((MODULE_STORE, built.module_id.clone()));
@@ -1401,9 +1407,20 @@ impl Pipeline {
                 .map_err(|e| DeployError::Internal(e.to_string()))?
                 .map_err(|e| DeployError::Internal(format!("cannot read asset {rel}: {e}")))?;
             if !exists(ASSET_STORE, id.clone()).await.map_err(storage_err)? {
-                self.put_file(ASSET_STORE, &id, path)
-                    .await
-                    .map_err(storage_err)?;
+                let changed = Arc::new(Mutex::new(None));
+                let put = self
+                    .put_file(ASSET_STORE, &id, path, |body| {
+                        module::md5_checked(body, id.clone(), changed.clone())
+                    })
+                    .await;
+                if changed.lock().is_ok_and(|c| c.is_some()) {
+                    return Err(DeployError::InvalidAlgorithm(format!(
+                        "the asset {rel} changed while it was being deployed; deploy again once \
+                         it no longer changes"
+                    ))
+                    .into());
+                }
+                put.map_err(storage_err)?;
                 uploaded.push((ASSET_STORE, id.clone()));
             }
             assets.insert(rel.clone(), json!(id));
@@ -1501,16 +1518,18 @@ impl Pipeline {
         Ok(result)
     }
 
+    /// Streams the file at `path` to storage, through `wrap`.
     async fn put_file(
         &self,
         collection: &'static str,
         key: &str,
         path: &Path,
+        wrap: impl FnOnce(ByteStream) -> ByteStream,
     ) -> Result<u64, StorageError> {
         let file = tokio::fs::File::open(path)
             .await
             .map_err(|e| StorageError::from_io("deploy", e))?;
-        let body = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).boxed();
+        let body = wrap(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).boxed());
         flatten(
             self.storage
                 .send(PutStream {

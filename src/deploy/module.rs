@@ -237,6 +237,48 @@ fn write_zip(build_dir: &Path, zip_path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `body` unchanged, except that once it ends, the MD5 of what passed through must be
+/// `expected`; otherwise it ends with an error instead, so storage keeps nothing (an asset is
+/// stored under the MD5 of its bytes, and a file rewritten while it is deployed would break
+/// that). `changed` then holds the MD5 that was read.
+pub fn md5_checked(
+    body: crate::storage::ByteStream,
+    expected: String,
+    changed: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+) -> crate::storage::ByteStream {
+    use futures_util::StreamExt;
+    futures_util::stream::unfold(
+        (body, Md5::new(), Some(expected)),
+        move |(mut body, mut hash, expected)| {
+            let changed = changed.clone();
+            async move {
+                let expected = expected?;
+                match body.next().await {
+                    Some(Ok(chunk)) => {
+                        hash.update(&chunk);
+                        Some((Ok(chunk), (body, hash, Some(expected))))
+                    }
+                    Some(Err(e)) => Some((Err(e), (body, hash, None))),
+                    None => {
+                        let read = hex::encode(hash.clone().finalize());
+                        if read == expected {
+                            return None;
+                        }
+                        let e = std::io::Error::other(format!(
+                            "the file changed while it was stored (MD5 {read}, expected {expected})"
+                        ));
+                        if let Ok(mut slot) = changed.lock() {
+                            *slot = Some(read);
+                        }
+                        Some((Err(e), (body, hash, None)))
+                    }
+                }
+            }
+        },
+    )
+    .boxed()
+}
+
 /// MD5 hex of a file, read in chunks (asset ids).
 pub fn file_md5(path: &Path) -> std::io::Result<(String, u64)> {
     use std::io::Read;
@@ -258,6 +300,40 @@ pub fn file_md5(path: &Path) -> std::io::Result<(String, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn md5_checked_passes_what_matches_and_fails_what_changed() {
+        use futures_util::StreamExt;
+        let chunks = || {
+            futures_util::stream::iter(
+                [&b"hello "[..], b"world"].map(|c| Ok(bytes::Bytes::from_static(c))),
+            )
+            .boxed()
+        };
+        let hello_world = hex::encode(Md5::digest(b"hello world"));
+
+        let changed = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let out: Vec<_> = md5_checked(chunks(), hello_world.clone(), changed.clone())
+            .collect()
+            .await;
+        assert!(out.iter().all(Result::is_ok) && out.len() == 2);
+        assert!(changed.lock().unwrap().is_none());
+
+        let other = hex::encode(Md5::digest(b"hello there"));
+        let out: Vec<_> = md5_checked(chunks(), other, changed.clone())
+            .collect()
+            .await;
+        assert_eq!(out.len(), 3);
+        let error = out[2].as_ref().unwrap_err().to_string();
+        assert!(
+            error.contains("the file changed while it was stored"),
+            "{error}"
+        );
+        assert_eq!(
+            changed.lock().unwrap().as_deref(),
+            Some(hello_world.as_str())
+        );
+    }
 
     #[test]
     fn content_id_recipe() {

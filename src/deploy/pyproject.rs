@@ -125,6 +125,17 @@ pub fn check_version_number(v: &str) -> Result<(), String> {
 pub fn read(root: &Path) -> Result<AlgorithmConfig, String> {
     let path = root.join("pyproject.toml");
     let file = path.display().to_string();
+    // A FIFO or device would block the read (or never end): only regular files are read.
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => return Err(format!("{file} is not a regular file.")),
+        Err(_) => {
+            return Err(format!(
+                "pyproject.toml file not found in {}.",
+                root.display()
+            ))
+        }
+    }
     let text = std::fs::read_to_string(&path)
         .map_err(|_| format!("pyproject.toml file not found in {}.", root.display()))?;
     let doc: toml::Table = toml::from_str(&text).map_err(|e| {
