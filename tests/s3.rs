@@ -1646,3 +1646,48 @@ async fn a_minio_that_exits_at_start_up_is_reported_with_its_output() {
     );
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
+
+/// An S3 server that hangs (it still accepts connections but never answers) fails a request
+/// once every attempt has waited its read timeout, instead of holding it forever; when the
+/// server answers again, so does ours (`platform.md` §4.3: botocore's read timeout and retries).
+#[tokio::test]
+async fn a_hung_s3_server_fails_requests_in_bounded_time_and_recovery_follows() {
+    let moto = Moto::start();
+    let server = Server::start_with(ServerOptions {
+        storage_yaml: Some(common::s3_storage_yaml(moto.port, "")),
+        env: vec![
+            ("COMPOX_TEST_S3_READ_TIMEOUT_MS".into(), "200".into()),
+            ("COMPOX_TEST_S3_MAX_BACKOFF_MS".into(), "10".into()),
+        ],
+        wait_ready: false,
+        ..Default::default()
+    });
+    let bytes = std::fs::read(common::images().join("coins.h5")).unwrap();
+    let id = server.upload(&common::images().join("coins.h5")).await;
+
+    // SAFETY: pausing and resuming the moto_server this test started.
+    unsafe { libc::kill(moto.child.id() as i32, libc::SIGSTOP) };
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(90),
+        server
+            .client
+            .get(server.url(&format!("/api/v0/files/{id}")))
+            .send(),
+    )
+    .await
+    .expect("the request hung with the S3 server")
+    .unwrap();
+    let status = answer.status().as_u16();
+    let body: Value = answer.json().await.unwrap_or(Value::Null);
+    unsafe { libc::kill(moto.child.id() as i32, libc::SIGCONT) };
+    assert!(status >= 500, "{status} {body}");
+    assert_eq!(body["retryable"], true, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+
+    assert_eq!(server.download(&id).await, bytes);
+}

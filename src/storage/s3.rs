@@ -51,6 +51,14 @@ const PARTS_IN_FLIGHT: usize = 4;
 const MAX_ATTEMPTS: u32 = 20;
 /// The SDK's longest wait between attempts (its default).
 const MAX_BACKOFF: Duration = Duration::from_secs(20);
+/// Limits of one attempt, as botocore's defaults the original runs with: establishing the
+/// connection, and waiting for the answer. A hung S3 server fails each attempt after this
+/// instead of holding the request forever.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// An attempt that sends a body (up to one part) waits for its answer this long, since the
+/// SDK counts the upload in: 8 MiB in ten minutes is about 14 KB/s.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(600);
 /// Further attempts of a PutObject the service refused (`platform.md` §4.3).
 const PUT_RETRIES: u32 = 5;
 /// Attempts of each multipart step, for the codes of [`MULTIPART_RETRY_CODES`].
@@ -208,7 +216,8 @@ impl S3Backend {
                 aws_sdk_s3::config::retry::RetryConfig::standard()
                     .with_max_attempts(MAX_ATTEMPTS)
                     .with_max_backoff(sdk_max_backoff()),
-            );
+            )
+            .timeout_config(timeouts(read_timeout()));
         if let Some(url) = &cfg.endpoint_url {
             builder = builder.endpoint_url(url.clone());
         }
@@ -339,6 +348,8 @@ impl S3Backend {
                 .key(key)
                 .content_length(body.len() as i64)
                 .body(SdkByteStream::from(body.clone()))
+                .customize()
+                .config_override(body_upload_config())
                 .send()
                 .await;
             match sent {
@@ -464,6 +475,8 @@ impl S3Backend {
                 .part_number(number)
                 .content_length(part.len() as i64)
                 .body(SdkByteStream::from(part.clone()))
+                .customize()
+                .config_override(body_upload_config())
                 .send()
         })
         .await?;
@@ -595,6 +608,30 @@ fn sdk_max_backoff() -> Duration {
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
         .map_or(MAX_BACKOFF, Duration::from_millis)
+}
+
+fn timeouts(read: Duration) -> aws_sdk_s3::config::timeout::TimeoutConfig {
+    aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(read)
+        .build()
+}
+
+/// [`READ_TIMEOUT`], or what a test asked for (`COMPOX_TEST_FAULTS=1` and
+/// `COMPOX_TEST_S3_READ_TIMEOUT_MS`).
+fn read_timeout() -> Duration {
+    if !crate::actors::faults_enabled() {
+        return READ_TIMEOUT;
+    }
+    std::env::var("COMPOX_TEST_S3_READ_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(READ_TIMEOUT, Duration::from_millis)
+}
+
+/// The configuration of requests that carry a body: a longer wait for the answer.
+fn body_upload_config() -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::config::Builder::default().timeout_config(timeouts(BODY_READ_TIMEOUT))
 }
 
 /// Delay before PutObject retry `i` (0-based): `min(0.1·2^i, 2.0)` s.
