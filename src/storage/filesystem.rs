@@ -423,7 +423,8 @@ impl Backend for FilesystemBackend {
         key: &str,
         expires_s: u64,
     ) -> Result<String, StorageError> {
-        validate_key(key)?;
+        // The same check as a write: no URL for a key this store could not hold.
+        file_name(key)?;
         Ok(self.signer.url(method, collection, key, expires_s))
     }
 
