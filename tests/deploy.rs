@@ -2512,3 +2512,31 @@ async fn a_pyproject_that_is_not_a_regular_file_is_refused_without_blocking() {
     let (status, _) = server.get("/health").await;
     assert_eq!(status, 200);
 }
+
+/// An export that finds its objects gone because the algorithm was deleted meanwhile is a 404,
+/// as if the deletion had come first (`rest-api.md` A3); an object missing from an algorithm
+/// that is still stored is a failed export.
+#[tokio::test]
+async fn an_export_racing_a_deletion_is_not_found() {
+    let server = Server::start();
+    let id = server.deploy_ok("tv_denoiser").await;
+    let (key, record) = stored_record(&server, &id);
+    let latest = record["latest_algorithm_minor_version"].as_str().unwrap();
+    let entry = &record["algorithm_minor_version"][latest];
+    let asset = entry["assets"].as_object().unwrap().values().next().unwrap();
+    let asset = asset.as_str().unwrap().to_string();
+    let module = entry["module_id"].as_str().unwrap().to_string();
+
+    // The record is still stored: a missing asset is a failed export.
+    server.store_delete("asset-store", &asset);
+    let (status, _, body) = export(&server, "/api/v0/algorithm/tv_denoiser/1/export").await;
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((status, body["code"].as_str()), (500, Some("algorithm_export_failed")));
+
+    // Deleted underneath the server's index (another process, or a deletion in flight).
+    server.store_delete("algorithm-store", &key);
+    server.store_delete("module-store", &module);
+    let (status, _, body) = export(&server, "/api/v0/algorithm/tv_denoiser/1/export").await;
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, 404, "{body}");
+}

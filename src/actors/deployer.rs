@@ -1053,15 +1053,17 @@ async fn export(
             assets.extend(over.clone());
         }
     }
-    let module_zip = flatten(
+    let module_zip = match flatten(
         storage
             .send(GetBytes {
                 collection: MODULE_STORE,
                 key: module_id.clone(),
             })
             .await,
-    )
-    .map_err(|e| AlgorithmError::ExportFailed(format!("module {module_id}: {e}")))?;
+    ) {
+        Ok(zip) => zip,
+        Err(e) => return Err(export_read_failed(storage, rec, &m, &minor, &e, "module").await),
+    };
     let work = tempfile::tempdir().map_err(|e| AlgorithmError::ExportFailed(e.to_string()))?;
     let mut asset_files = Vec::new();
     for (rel, id) in &assets {
@@ -1070,9 +1072,10 @@ async fn export(
         }
         let id = id.as_str().unwrap_or_default().to_string();
         let local = work.path().join(format!("asset-{}", asset_files.len()));
-        download_to(storage, ASSET_STORE, &id, &local)
-            .await
-            .map_err(|e| AlgorithmError::ExportFailed(format!("asset {rel}: {e}")))?;
+        if let Err(e) = download_to(storage, ASSET_STORE, &id, &local).await {
+            let what = format!("asset {rel}");
+            return Err(export_read_failed(storage, rec, &m, &minor, &e, &what).await);
+        }
         asset_files.push((rel.clone(), local));
     }
     let out_path = work.path().join("export.zip");
@@ -1085,6 +1088,52 @@ async fn export(
     // The open handle keeps the data alive after the directory is removed.
     drop(work);
     Ok((format!("{}_v{}", m.name, m.major), file))
+}
+
+/// The error of an export whose object could not be read. An object that is gone because the
+/// algorithm or the exported minor version was deleted meanwhile makes the export a 404, as if
+/// the deletion had come first; anything else is a failed export.
+async fn export_read_failed(
+    storage: &Addr<StorageGateway>,
+    rec: &Value,
+    m: &ExportAlgorithm,
+    minor: &str,
+    error: &StorageError,
+    what: &str,
+) -> ApiError {
+    let failed = || AlgorithmError::ExportFailed(format!("{what}: {error}")).into();
+    if !error.is_not_found() {
+        return failed();
+    }
+    let stored = flatten(
+        storage
+            .send(GetBytes {
+                collection: ALGORITHM_STORE,
+                key: record::record_key(rec),
+            })
+            .await,
+    );
+    match stored {
+        Err(e) if e.is_not_found() => AlgorithmError::ExportNotFound {
+            algorithm_name: m.name.clone(),
+            algorithm_major_version: m.major.clone(),
+        }
+        .into(),
+        Ok(bytes)
+            if serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|r| r["algorithm_minor_version"].get(minor).cloned())
+                .is_none() =>
+        {
+            AlgorithmError::MinorNotFound {
+                algorithm_name: m.name.clone(),
+                algorithm_major_version: m.major.clone(),
+                algorithm_minor_version: minor.to_string(),
+            }
+            .into()
+        }
+        _ => failed(),
+    }
 }
 
 fn safe_rel(rel: &str) -> bool {
