@@ -675,6 +675,36 @@ async fn zip_input_and_path_errors() {
     );
     assert!(!work.path().join("evil.py").exists());
 
+    // A zip whose pyproject.toml is invalid: the message names the zip, not where it was
+    // extracted to.
+    let bad_project = work.path().join("bad_project.zip");
+    {
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&bad_project).unwrap());
+        let opts = zip::write::SimpleFileOptions::default();
+        for (name, body) in [
+            ("algo/pyproject.toml", b"[project\n".to_vec()),
+            (
+                "algo/Runner.py",
+                std::fs::read(algorithms_dir().join("noop/Runner.py")).unwrap(),
+            ),
+        ] {
+            z.start_file(name, opts).unwrap();
+            z.write_all(&body).unwrap();
+        }
+        z.finish().unwrap();
+    }
+    let (status, body) = deploy_with(&server, &bad_project, &[]).await;
+    assert_eq!(status, 400, "{body}");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!(
+            "Invalid pyproject.toml in {}:",
+            bad_project.display()
+        )),
+        "{detail}"
+    );
+    assert!(!detail.contains("unzipped"), "{detail}");
+
     // Not a zip, though named like one.
     let fake = work.path().join("fake.zip");
     std::fs::write(&fake, "this is not a zip archive").unwrap();
@@ -1310,6 +1340,24 @@ async fn async_deploy_completes_or_fails_with_a_stored_record() {
     let rec = wait_deploy(&server, body["deploy_id"].as_str().unwrap()).await;
     assert_eq!(rec["status"], "FAILED");
     assert_eq!(rec["log"], "Path must be a directory or a .zip file.");
+
+    // A broken zip: the log says why, as a synchronous deploy's `details` do.
+    let fake = work.path().join("fake.zip");
+    std::fs::write(&fake, "this is not a zip archive").unwrap();
+    let (_, sync_body) = deploy_with(&server, &fake, &[]).await;
+    let (status, body) = start_async(&server, &fake).await;
+    assert_eq!(status, 200, "{body}");
+    let rec = wait_deploy(&server, body["deploy_id"].as_str().unwrap()).await;
+    assert_eq!(rec["status"], "FAILED");
+    assert_eq!(
+        rec["log"],
+        format!(
+            "Invalid algorithm deployment zip: {} ({})",
+            fake.display(),
+            sync_body["details"]["reason"].as_str().unwrap()
+        )
+        .as_str()
+    );
 
     // A missing path is refused at once; an unknown deploy id is 404.
     let missing = work.path().join("missing");
@@ -2523,7 +2571,12 @@ async fn an_export_racing_a_deletion_is_not_found() {
     let (key, record) = stored_record(&server, &id);
     let latest = record["latest_algorithm_minor_version"].as_str().unwrap();
     let entry = &record["algorithm_minor_version"][latest];
-    let asset = entry["assets"].as_object().unwrap().values().next().unwrap();
+    let asset = entry["assets"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap();
     let asset = asset.as_str().unwrap().to_string();
     let module = entry["module_id"].as_str().unwrap().to_string();
 
@@ -2531,7 +2584,10 @@ async fn an_export_racing_a_deletion_is_not_found() {
     server.store_delete("asset-store", &asset);
     let (status, _, body) = export(&server, "/api/v0/algorithm/tv_denoiser/1/export").await;
     let body: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!((status, body["code"].as_str()), (500, Some("algorithm_export_failed")));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (500, Some("algorithm_export_failed"))
+    );
 
     // Deleted underneath the server's index (another process, or a deletion in flight).
     server.store_delete("algorithm-store", &key);

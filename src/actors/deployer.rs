@@ -1353,6 +1353,15 @@ impl Pipeline {
             tokio::task::spawn_blocking(move || (pyproject::read(&folder), scan::scan(&folder)))
                 .await
                 .map_err(|e| DeployError::Internal(e.to_string()))?;
+        // Messages name the zip the client sent, not the folder it was extracted to.
+        let (cfg, files) = match source {
+            DeploySource::HttpZip => {
+                let (unzipped, sent) = (root.display().to_string(), path.display().to_string());
+                let name_zip = |e: String| e.replace(&unzipped, &sent);
+                (cfg.map_err(name_zip), files.map_err(name_zip))
+            }
+            _ => (cfg, files),
+        };
         let cfg = cfg.map_err(DeployError::InvalidAlgorithm)?;
         for w in &cfg.warnings {
             tracing::debug!(warning = %w, "pyproject");
@@ -1645,7 +1654,15 @@ impl Pipeline {
                 tracing::warn!(deploy_id = %id, error = %e, "async deploy failed");
                 record["status"] = json!("FAILED");
                 record["time_completed"] = json!(local_now());
-                record["log"] = json!(e.to_string());
+                // The message, and why (a synchronous deploy has it in `details`).
+                let reason = e
+                    .row()
+                    .details
+                    .and_then(|d| d["reason"].as_str().map(String::from));
+                record["log"] = json!(match reason {
+                    Some(reason) => format!("{e} ({reason})"),
+                    None => e.to_string(),
+                });
             }
         }
         if let Err(e) = self.write_deploy_record(&id, &record).await {
