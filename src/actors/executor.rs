@@ -259,7 +259,12 @@ impl Executor {
         }
         let delay = Duration::from_millis((100u64 << self.restarts.min(6)).min(5_000));
         self.restarts += 1;
-        ctx.run_later(delay, |act, ctx| act.spawn_worker(ctx));
+        ctx.run_later(delay, |act, ctx| {
+            // A shutdown that began during the back-off starts no worker.
+            if !act.shutting_down {
+                act.spawn_worker(ctx);
+            }
+        });
     }
 
     fn persist(
