@@ -598,16 +598,21 @@ impl Parts {
     }
 }
 
-/// The SDK's back-off cap: its default, or what a test asked for (`COMPOX_TEST_FAULTS=1` and
-/// `COMPOX_TEST_S3_MAX_BACKOFF_MS`).
-fn sdk_max_backoff() -> Duration {
+/// `default`, or the milliseconds a test asked for in `variable` (honoured only with
+/// `COMPOX_TEST_FAULTS=1`).
+fn test_duration(variable: &str, default: Duration) -> Duration {
     if !crate::actors::faults_enabled() {
-        return MAX_BACKOFF;
+        return default;
     }
-    std::env::var("COMPOX_TEST_S3_MAX_BACKOFF_MS")
+    std::env::var(variable)
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
-        .map_or(MAX_BACKOFF, Duration::from_millis)
+        .map_or(default, Duration::from_millis)
+}
+
+/// The SDK's back-off cap (tests: `COMPOX_TEST_S3_MAX_BACKOFF_MS`).
+fn sdk_max_backoff() -> Duration {
+    test_duration("COMPOX_TEST_S3_MAX_BACKOFF_MS", MAX_BACKOFF)
 }
 
 fn timeouts(read: Duration) -> aws_sdk_s3::config::timeout::TimeoutConfig {
@@ -617,16 +622,9 @@ fn timeouts(read: Duration) -> aws_sdk_s3::config::timeout::TimeoutConfig {
         .build()
 }
 
-/// [`READ_TIMEOUT`], or what a test asked for (`COMPOX_TEST_FAULTS=1` and
-/// `COMPOX_TEST_S3_READ_TIMEOUT_MS`).
+/// The wait for an answer (tests: `COMPOX_TEST_S3_READ_TIMEOUT_MS`).
 fn read_timeout() -> Duration {
-    if !crate::actors::faults_enabled() {
-        return READ_TIMEOUT;
-    }
-    std::env::var("COMPOX_TEST_S3_READ_TIMEOUT_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or(READ_TIMEOUT, Duration::from_millis)
+    test_duration("COMPOX_TEST_S3_READ_TIMEOUT_MS", READ_TIMEOUT)
 }
 
 /// The configuration of requests that carry a body: a longer wait for the answer.
