@@ -131,6 +131,22 @@ impl TaskKind {
             TaskKind::Benchmark => "benchmark",
         }
     }
+
+    /// The kind a job `kind` names; a job without one is an execution.
+    pub fn from_name(name: Option<&str>) -> Option<TaskKind> {
+        [TaskKind::Execution, TaskKind::Training, TaskKind::Benchmark]
+            .into_iter()
+            .find(|kind| kind.name() == name.unwrap_or("execution"))
+    }
+
+    /// The record field that holds the task's id.
+    pub fn id_field(self) -> &'static str {
+        match self {
+            TaskKind::Execution => "execution_id",
+            TaskKind::Training => "training_id",
+            TaskKind::Benchmark => "benchmark_id",
+        }
+    }
 }
 
 /// The training record of `training-store` (`training.md` §3.2). Fields outside the model

@@ -5,8 +5,8 @@ the process and are attached to each job in turn. They are never dropped because
 3.11's ``print()`` holds only a borrowed reference to ``sys.stdout``: a thread printing while
 a job ends would otherwise write into a freed object and crash the worker.
 
-Output of threads that were running before the job began (left behind by an earlier one) goes
-to the process log, not into the job's log (:mod:`compox.tasks._job_threads`). Output written
+Output of threads that belong to an earlier job (left running by it) goes to the process log,
+not into the job's log (:mod:`compox.tasks._job_threads`). Output written
 below Python (C code writing to fd 1 or 2, child processes given ``sys.stdout``) also goes to
 the process log: ``fileno()`` names the real descriptors.
 """

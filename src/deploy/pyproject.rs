@@ -125,19 +125,12 @@ pub fn check_version_number(v: &str) -> Result<(), String> {
 pub fn read(root: &Path) -> Result<AlgorithmConfig, String> {
     let path = root.join("pyproject.toml");
     let file = path.display().to_string();
+    let not_found = || format!("pyproject.toml file not found in {}.", root.display());
     // A FIFO or device would block the read (or never end): only regular files are read.
-    match std::fs::metadata(&path) {
-        Ok(meta) if meta.is_file() => {}
-        Ok(_) => return Err(format!("{file} is not a regular file.")),
-        Err(_) => {
-            return Err(format!(
-                "pyproject.toml file not found in {}.",
-                root.display()
-            ))
-        }
+    if !std::fs::metadata(&path).map_err(|_| not_found())?.is_file() {
+        return Err(format!("{file} is not a regular file."));
     }
-    let text = std::fs::read_to_string(&path)
-        .map_err(|_| format!("pyproject.toml file not found in {}.", root.display()))?;
+    let text = std::fs::read_to_string(&path).map_err(|_| not_found())?;
     let doc: toml::Table = toml::from_str(&text).map_err(|e| {
         format!(
             "Invalid pyproject.toml in {}: {}",

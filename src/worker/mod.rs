@@ -89,16 +89,11 @@ impl Bridge {
 
 /// The id of the task a `run` job carries (`execution_id`, `training_id` or `benchmark_id`).
 fn job_task_id(job: &serde_json::Value) -> Option<String> {
-    let field = match job
-        .get("kind")
-        .and_then(|k| k.as_str())
-        .unwrap_or("execution")
-    {
-        "training" => "training_id",
-        "benchmark" => "benchmark_id",
-        _ => "execution_id",
-    };
-    job.get("record")?.get(field)?.as_str().map(str::to_string)
+    let kind = crate::records::TaskKind::from_name(job.get("kind").and_then(|k| k.as_str()))?;
+    job.get("record")?
+        .get(kind.id_field())?
+        .as_str()
+        .map(str::to_string)
 }
 
 #[pymethods]

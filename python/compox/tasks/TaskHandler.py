@@ -3,8 +3,8 @@
 A handler owns one task record and writes it field by field through its
 ``database_connection`` (the worker's bridge, or an ``InMemoryBridge``):
 ``update_record(fields, task_id)`` merges the fields and answers whether a stop was requested.
-The bridge refuses a write for a task that is not the running one or that already ended, so
-a thread an earlier execution left behind cannot change a later record.
+The bridge refuses a write for another task than the running one (and a job's bridge dies
+with the job), so a thread an earlier execution left behind cannot change a later record.
 
 Lifecycle of one execution, as driven by ``compox._worker.run_job``:
 

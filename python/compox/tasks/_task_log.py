@@ -43,6 +43,8 @@ ExcInfo = Union[bool, BaseException, None]
 # into six bytes).
 LOG_LIMIT_CHARS = 8 * 1024 * 1024
 LOG_HEAD_CHARS = 1024 * 1024
+# How far past the cut a trim looks for a line end, so it does not start mid-line.
+LINE_SEARCH_CHARS = 64 * 1024
 
 
 class TaskLog:
@@ -110,7 +112,6 @@ class TaskLog:
                 # A closed console must never break the algorithm.
                 pass
 
-
     def _trim(self) -> None:
         """Keep the head and the most recent lines, down to three quarters of the limit so
         that trimming happens once per quarter of the limit written (linear overall)."""
@@ -128,10 +129,6 @@ class TaskLog:
         self.stream = io.StringIO()
         self.stream.write(text[start:])
         self._size = len(self._head) + len(text) - start
-
-
-# How far past the cut a trim looks for a line end, so it does not start mid-line.
-LINE_SEARCH_CHARS = 64 * 1024
 
 
 def format_exception_text(error: BaseException) -> str:
